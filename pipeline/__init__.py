@@ -1,0 +1,1 @@
+"""The classification pipeline: options, config, graph and the operators' CLI."""

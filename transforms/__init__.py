@@ -1,0 +1,1 @@
+"""Beam transforms of the pipeline, one module per stage."""
