@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Single entry point: installs what the project needs, runs its services, tests, demo and benchmarks.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+BEAM_VERSION=2.77.0
+PRISM_BIN="$CACHE_DIR/bin/prism"
+DEBIAN_PACKAGES=(openjdk-17-jre-headless maven curl ca-certificates)
+
+usage() {
+  cat <<'EOF'
+usage: ./run.sh COMMAND [ARGS]
+
+  setup                 install everything (Debian packages, .venv, Kafka jars, Prism, Flink); quick when done
+  setup STEP...         only some steps: debian python kafka prism flink
+  kafka-up|kafka-down|kafka-status            single-node Kafka (KRaft) on 127.0.0.1:${KAFKA_PORT:-9092}
+  clickhouse-up|clickhouse-down|clickhouse-status   ClickHouse server (scripts/clickhouse.sh)
+  flink-up|flink-down|flink-status            Flink 2.2 standalone cluster on 127.0.0.1:8081 + Beam worker pool
+  demo [ARGS]           start Kafka and run python -m pipeline.demo ARGS
+  test [PYTEST ARGS]    set up, start Kafka and ClickHouse, run pytest on tests/
+  lint                  ruff check .
+  bench NAME [ARGS]     python -m bench.NAME ARGS
+
+Env: KAFKA_PORT, KAFKA_DATA_DIR, KEEP_SERVICES=1 (test leaves the services it started running).
+EOF
+}
+
+setup_debian() {
+  apt_ensure "${DEBIAN_PACKAGES[@]}"
+  say "debian: java $(java -version 2>&1 | head -1 | cut -d'"' -f2), $(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g')"
+}
+
+setup_python() {
+  local py=${PYTHON:-}
+  if [[ -z "$py" ]]; then
+    py=$(command -v python3.11 || command -v python3 || true)
+  fi
+  [[ -n "$py" ]] || die "python3 not found (set PYTHON=/path/to/python3.11)"
+  local req=(requirements.txt requirements-dev.txt) pipargs=()
+  [[ -f constraints.txt ]] && pipargs+=(-c constraints.txt)
+  local h stamp="$VENV/.setup-stamp"
+  h=$(inputs_hash "${req[@]}" constraints.txt "$("$py" -V 2>&1)")
+  if [[ -x "$PY" ]] && stamp_ok "$stamp" "$h"; then
+    say "python: .venv up to date"
+    return 0
+  fi
+  if [[ ! -x "$PY" ]]; then
+    say "python: creating .venv with $("$py" -V 2>&1)"
+    "$py" -m venv "$VENV"
+  fi
+  say "python: pip install -r requirements.txt -r requirements-dev.txt (first run ~1-2 min)"
+  local t0=$SECONDS
+  "$PY" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt "${pipargs[@]}"
+  stamp_write "$stamp" "$h"
+  say "python: done in $((SECONDS - t0)) s"
+}
+
+setup_kafka() { scripts/kafka.sh setup; }
+
+setup_prism() {
+  # Beam's DirectRunner would download Prism from GitHub (unreachable); build the same version from source.
+  if [[ -x "$PRISM_BIN" ]] && command -v go >/dev/null &&
+    go version -m "$PRISM_BIN" 2>/dev/null | grep -q "github.com/apache/beam/sdks/v2[[:space:]]*v$BEAM_VERSION"; then
+    say "prism: .cache/bin/prism v$BEAM_VERSION present"
+    return 0
+  fi
+  command -v go >/dev/null || die "prism: go toolchain not found (needed to build Prism v$BEAM_VERSION)"
+  say "prism: go install prism@v$BEAM_VERSION (first run several minutes)"
+  local t0=$SECONDS
+  mkdir -p "$CACHE_DIR/bin"
+  GOBIN="$CACHE_DIR/bin" GOFLAGS=-mod=mod go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$BEAM_VERSION"
+  say "prism: built in $((SECONDS - t0)) s"
+}
+
+setup_flink() { scripts/flink.sh setup; }
+
+do_setup() {
+  local steps=("$@") s
+  ((${#steps[@]})) || steps=(debian python kafka prism flink)
+  for s in "${steps[@]}"; do
+    case "$s" in
+      debian | python | kafka | prism | flink) "setup_$s" ;;
+      *) die "unknown setup step '$s' (debian python kafka prism flink)" ;;
+    esac
+  done
+}
+
+clickhouse() {
+  [[ -x scripts/clickhouse.sh || -f scripts/clickhouse.sh ]] || die "scripts/clickhouse.sh not found"
+  bash scripts/clickhouse.sh "$@"
+}
+
+# Services that `test` started itself are stopped again when it ends (unless KEEP_SERVICES=1),
+# so a CI run or a developer's run leaves the machine as it found it.
+STARTED_SERVICES=()
+stop_started_services() {
+  local rc=$? s
+  if [[ "${KEEP_SERVICES:-0}" != 1 ]]; then
+    for s in "${STARTED_SERVICES[@]}"; do
+      case "$s" in
+        kafka) scripts/kafka.sh down || true ;;
+        clickhouse) clickhouse down || true ;;
+      esac
+    done
+  fi
+  return "$rc"
+}
+
+run_test() {
+  do_setup
+  if ! scripts/kafka.sh status >/dev/null 2>&1; then STARTED_SERVICES+=(kafka); fi
+  if ! clickhouse status >/dev/null 2>&1; then STARTED_SERVICES+=(clickhouse); fi
+  trap stop_started_services EXIT
+  scripts/kafka.sh up
+  clickhouse up
+  local rc=0
+  say "test: pytest tests -q $*"
+  "$PY" -m pytest tests -q "$@" || rc=$?
+  if ((rc == 5)); then
+    echo "test: pytest collected no tests; treating as failure" >&2
+    rc=1
+  fi
+  return "$rc"
+}
+
+cmd=${1:-}
+(($#)) && shift
+case "$cmd" in
+  "" | -h | --help | help) usage ;;
+  setup) do_setup "$@" ;;
+  kafka-up) do_setup kafka && scripts/kafka.sh up ;;
+  kafka-down) scripts/kafka.sh down ;;
+  kafka-status) scripts/kafka.sh status ;;
+  clickhouse-up) clickhouse up ;;
+  clickhouse-down) clickhouse down ;;
+  clickhouse-status) clickhouse status ;;
+  flink-up) do_setup python flink && scripts/flink.sh up ;;
+  flink-down) scripts/flink.sh down ;;
+  flink-status) scripts/flink.sh status ;;
+  demo)
+    do_setup debian python kafka prism
+    scripts/kafka.sh up
+    exec "$PY" -m pipeline.demo "$@"
+    ;;
+  test) run_test "$@" ;;
+  lint) do_setup python && exec "$VENV/bin/ruff" check . ;;
+  bench)
+    (($#)) || die "usage: ./run.sh bench NAME [ARGS]"
+    name=$1
+    shift
+    do_setup python
+    exec "$PY" -m "bench.$name" "$@"
+    ;;
+  *)
+    usage >&2
+    die "unknown command '$cmd'"
+    ;;
+esac

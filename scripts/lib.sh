@@ -1,0 +1,93 @@
+# Shared shell helpers for run.sh and scripts/*.sh. Source it; it defines functions and ROOT only.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE_DIR="$ROOT/.cache"
+RUN_DIR="$ROOT/.run"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+warn() { printf '[%s] WARNING: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[%s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
+
+# Hash of the given files' contents plus any extra words; a changed input means a changed stamp.
+inputs_hash() {
+  local words=()
+  local f
+  for f in "$@"; do
+    if [[ -f "$f" ]]; then words+=("$f=$(sha256sum <"$f" | cut -c1-64)"); else words+=("$f"); fi
+  done
+  printf '%s\n' "${words[@]}" | sha256sum | cut -c1-16
+}
+
+# stamp_ok FILE HASH: true when FILE holds HASH (the step already ran with these inputs).
+stamp_ok() { [[ -f "$1" ]] && [[ "$(cat "$1")" == "$2" ]]; }
+stamp_write() { mkdir -p "$(dirname "$1")" && printf '%s' "$2" >"$1"; }
+
+# pid_alive PIDFILE MARKER: true when the pid in PIDFILE runs and its command line contains MARKER.
+# The marker check stops us from signalling an unrelated process that reused a stale pid.
+pid_alive() {
+  local pidfile=$1 marker=$2 pid
+  [[ -f "$pidfile" ]] || return 1
+  pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker"
+}
+
+# stop_pid PIDFILE MARKER NAME [GRACE_SECONDS]: SIGTERM, wait, SIGKILL after the grace period.
+stop_pid() {
+  local pidfile=$1 marker=$2 name=$3 grace=${4:-30} pid i
+  if ! pid_alive "$pidfile" "$marker"; then
+    rm -f "$pidfile"
+    say "$name: not running"
+    return 0
+  fi
+  pid=$(cat "$pidfile")
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 5; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    warn "$name (pid $pid) still running after ${grace}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$pidfile"
+  say "$name: stopped (pid $pid)"
+}
+
+# port_open HOST PORT: true when something accepts TCP connections there.
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# tail_log FILE [N]: print the last N lines of a log to stderr, for error messages.
+tail_log() {
+  local f=$1 n=${2:-40}
+  if [[ -f "$f" ]]; then
+    printf -- '----- last %s lines of %s -----\n' "$n" "$f" >&2
+    tail -n "$n" "$f" >&2
+    printf -- '-----\n' >&2
+  else
+    printf '(no log at %s)\n' "$f" >&2
+  fi
+}
+
+# rotate_log FILE: keep one previous copy so a restart does not erase the evidence of a crash.
+rotate_log() { [[ -f "$1" ]] && mv -f "$1" "$1.1"; return 0; }
+
+# apt_ensure PKG...: install Debian packages that are missing; apt-get update only when needed.
+apt_ensure() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  command -v apt-get >/dev/null || die "missing Debian packages (${missing[*]}) and no apt-get"
+  say "apt: installing ${missing[*]}"
+  local sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
