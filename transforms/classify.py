@@ -1,0 +1,347 @@
+"""Classify events with regex rules: one Hyperscan database for all rules, Python `re` for the rest.
+
+Winner of an event = the matching rule with the highest priority, then the highest specificity, then
+the earliest position in the rule list. Rules are sorted by that key once; a rule's position in the
+sorted list (its "rank") is its Hyperscan id, so the winner is simply the smallest matching id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.classify_pcre import Untranslatable, translate
+from transforms.classify_rules import (
+    ClassifyConfig,
+    Rule,
+    load_rules_file,
+    validate_classify_config,
+)
+from transforms.common import DLQ_TAG, INTERNAL_ERROR, ConfigError, dead_letter
+
+try:  # the wheel is a hard requirement, but a worker without it must still classify (on `re`)
+    import hyperscan
+except ImportError:  # pragma: no cover - exercised by a subprocess test with the import blocked
+    hyperscan = None
+
+__all__ = [
+    "Classifier", "Classify", "ClassifyConfig", "Rule", "load_rules_file", "validate_classify_config",
+    "hyperscan_available",
+]
+
+log = logging.getLogger(__name__)
+METRICS_NAMESPACE = "classify"
+
+
+def hyperscan_available() -> bool:
+    return hyperscan is not None
+
+
+def _hs_flags(tr) -> int:
+    flags = hyperscan.HS_FLAG_SINGLEMATCH
+    if tr.utf8:
+        flags |= hyperscan.HS_FLAG_UTF8
+    if tr.ucp:
+        flags |= hyperscan.HS_FLAG_UCP
+    if tr.multiline:
+        flags |= hyperscan.HS_FLAG_MULTILINE
+    if tr.dotall:
+        flags |= hyperscan.HS_FLAG_DOTALL
+    return flags
+
+
+def _hs_compile(exprs: list[bytes], ids: list[int], flags: list[int]):
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=exprs, ids=ids, flags=flags)
+    return db
+
+
+def _error_text(exc: Exception) -> str:
+    return str(exc.args[0] if exc.args else exc)
+
+
+class Classifier:
+    """Classifies event dicts (their `fields`) or plain texts. Not thread-safe (one scratch per db)."""
+
+    def __init__(self, cfg: ClassifyConfig | list[Rule], engine: str | None = None) -> None:
+        if isinstance(cfg, list):
+            cfg = ClassifyConfig(rules=cfg)
+        self.config = cfg
+        wanted = engine or cfg.engine
+        if wanted not in ("auto", "hyperscan", "re"):
+            raise ConfigError("classify.engine", f"unknown engine {wanted!r}")
+        if wanted == "hyperscan" and hyperscan is None:
+            raise ConfigError("classify.engine", "hyperscan requested but the module is not importable")
+        self.engine = "re" if wanted == "re" or hyperscan is None else "hyperscan"
+        # Rank order: priority desc, specificity desc, file order asc.
+        order = sorted(range(len(cfg.rules)), key=lambda i: (-cfg.rules[i].priority,
+                                                             -cfg.rules[i].specificity, i))
+        self.rules: list[Rule] = [cfg.rules[i] for i in order]
+        self._none = len(self.rules)  # "no match" rank, worse than every rule
+        self._compiled = [r.compile_re() for r in self.rules]
+        self._allowed = [frozenset(r.fields) if r.fields is not None else None for r in self.rules]
+        self._restricted = any(a is not None for a in self._allowed)
+        self._allow_tables: dict[str, bytes] = {}
+        self.default_category = cfg.default_category
+        self._default = (cfg.default_category, "", "default")
+        self.fallback: dict[str, str] = {}  # rule id -> why it runs on `re` (hyperscan's error text)
+        self._db = None
+        self._hs_ranks: list[int] = []
+        self._re_ranks: list[int] = list(range(len(self.rules)))
+        if self.engine == "hyperscan":
+            self._compile_hyperscan()
+        # (category, rule_id, engine) for each rank, per engine, built once.
+        self._res_hs = [(r.category, r.id, "hyperscan") for r in self.rules]
+        self._res_re = [(r.category, r.id, "re") for r in self.rules]
+        self._fallback_items = [(k, self._compiled[k], self._allowed[k]) for k in self._re_ranks]
+
+    # --- setup -----------------------------------------------------------------------------
+    def _compile_hyperscan(self) -> None:
+        exprs: list[bytes] = []
+        ids: list[int] = []
+        flags: list[int] = []
+        for rank, rule in enumerate(self.rules):
+            try:
+                tr = translate(rule.pattern, rule.re_flags)
+            except (Untranslatable, RecursionError) as exc:
+                self.fallback[rule.id] = f"not translatable for hyperscan: {exc}"
+                continue
+            exprs.append(tr.expression.encode("ascii"))
+            ids.append(rank)
+            flags.append(_hs_flags(tr))
+        try:
+            db = _hs_compile(exprs, ids, flags) if exprs else None
+        except hyperscan.error:
+            # The multi-pattern error does not say which pattern: compile each alone to find them.
+            keep = []
+            for i, (expr, rank, fl) in enumerate(zip(exprs, ids, flags, strict=True)):
+                try:
+                    _hs_compile([expr], [rank], [fl])
+                    keep.append(i)
+                except hyperscan.error as exc:
+                    self.fallback[self.rules[rank].id] = _error_text(exc)
+            exprs, ids, flags = [exprs[i] for i in keep], [ids[i] for i in keep], [flags[i] for i in keep]
+            try:
+                db = _hs_compile(exprs, ids, flags) if exprs else None
+            except hyperscan.error as exc:  # e.g. resource limits of the whole set: everything on `re`
+                for rank in ids:
+                    self.fallback[self.rules[rank].id] = f"database compile failed: {_error_text(exc)}"
+                exprs, ids, db = [], [], None
+        self._db = db
+        self._hs_ranks = ids
+        hs = set(ids)
+        self._re_ranks = [k for k in range(len(self.rules)) if k not in hs]
+        if self.fallback:
+            log.info("classify: %d of %d rules run on re: %s", len(self.fallback), len(self.rules),
+                     self.fallback)
+
+    def _allow_table(self, field: str) -> bytes:
+        table = self._allow_tables.get(field)
+        if table is None:
+            table = bytes(1 if a is None or field in a else 0 for a in self._allowed)
+            self._allow_tables[field] = table
+        return table
+
+    # --- matching ----------------------------------------------------------------------------
+    def _re_best(self, text: str, field: str | None, limit: int, ranks) -> int:
+        """Best (smallest) rank below `limit` among `ranks` (ascending) whose regex matches `text`."""
+        compiled, allowed = self._compiled, self._allowed
+        for k in ranks:
+            if k >= limit:
+                break
+            a = allowed[k]
+            if (a is None or field is None or field in a) and compiled[k].search(text):
+                return k
+        return limit
+
+    def _best_re_engine(self, fields: dict[str, str]) -> tuple[int, bool]:
+        best = self._none
+        for name, text in fields.items():
+            if text:
+                best = self._re_best(text, name, best, range(best))
+        return best, True
+
+    def _best_hyperscan(self, fields: dict[str, str], field_filter: bool = True) -> tuple[int, bool]:
+        """(best rank, matched by re?) of one event's fields."""
+        best = self._none
+        via_re = False
+        hits: list[int] = []
+        app = hits.append
+        scan = self._db.scan if self._db is not None else None
+        for name, text in fields.items():
+            if not text:
+                continue
+            fname = name if field_filter else None
+            try:
+                data = text.encode()
+            except UnicodeEncodeError:  # lone surrogates: not valid UTF-8 for hyperscan, run all on re
+                k = self._re_best(text, fname, best, range(best))
+                if k < best:
+                    best, via_re = k, True
+                continue
+            if scan is not None:
+                hits.clear()
+                scan(data, match_event_handler=lambda i, a, b, c, d: app(i))
+                if hits:
+                    if self._restricted and fname is not None:
+                        table = self._allow_table(fname)
+                        k = min((h for h in hits if table[h]), default=best)
+                    else:
+                        k = min(hits)
+                    if k < best:
+                        best, via_re = k, False
+            for k, rx, allowed in self._fallback_items:
+                if k >= best:
+                    break
+                if (allowed is None or fname is None or fname in allowed) and rx.search(text):
+                    best, via_re = k, True
+                    break
+        return best, via_re
+
+    def _result(self, best: int, via_re: bool) -> tuple[str, str, str]:
+        if best >= self._none:
+            return self._default
+        return (self._res_re if via_re else self._res_hs)[best]
+
+    def classify_fields(self, fields: dict[str, str]) -> tuple[str, str, str]:
+        """(category, rule_id, engine) for a mapping of field name -> text."""
+        if self.engine == "re":
+            return self._result(*self._best_re_engine(fields))
+        return self._result(*self._best_hyperscan(fields))
+
+    def classify_text(self, text: str, field: str | None = None) -> tuple[str, str, str]:
+        """(category, rule_id, engine) of one text. With `field` None, rules' `fields` are ignored."""
+        if self.engine == "re":
+            best = self._re_best(text, field, self._none, range(self._none)) if text else self._none
+            return self._result(best, True)
+        return self._result(*self._best_hyperscan({field or "": text}, field_filter=field is not None))
+
+    def classify(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `event` with category, rule_id and engine added."""
+        cat, rid, eng = self.classify_fields(event["fields"])
+        out = dict(event)
+        out["category"] = cat
+        out["rule_id"] = rid
+        out["engine"] = eng
+        return out
+
+    def classify_batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Fast path: classify many events with the per-call setup hoisted out of the loop."""
+        if self.engine == "re" or self._restricted:
+            return [self.classify(ev) for ev in events]
+        none = self._none
+        default = self._default
+        res_hs, res_re = self._res_hs, self._res_re
+        fallback = self._fallback_items
+        scan = self._db.scan if self._db is not None else None
+        hits: list[int] = []
+        app = hits.append
+        clear = hits.clear
+
+        def on_match(i, a, b, c, d, _app=app):
+            _app(i)
+
+        out = []
+        push = out.append
+        for ev in events:
+            best = none
+            res = res_hs
+            for text in ev["fields"].values():
+                if not text:
+                    continue
+                try:
+                    data = text.encode()
+                except UnicodeEncodeError:
+                    k = self._re_best(text, None, best, range(best))
+                    if k < best:
+                        best, res = k, res_re
+                    continue
+                if scan is not None:
+                    scan(data, match_event_handler=on_match)
+                    if hits:
+                        k = min(hits)
+                        clear()
+                        if k < best:
+                            best, res = k, res_hs
+                for k, rx, _ in fallback:
+                    if k >= best:
+                        break
+                    if rx.search(text):
+                        best, res = k, res_re
+                        break
+            cat, rid, eng = default if best == none else res[best]
+            ev = dict(ev)
+            ev["category"] = cat
+            ev["rule_id"] = rid
+            ev["engine"] = eng
+            push(ev)
+        return out
+
+
+# --- Beam ----------------------------------------------------------------------------------------
+class _ClassifyDoFn(beam.DoFn):
+    def __init__(self, cfg: ClassifyConfig) -> None:
+        self._cfg = cfg  # plain dataclasses pickle; the Hyperscan database is built in setup()
+
+    def setup(self) -> None:
+        self._clf = Classifier(self._cfg)
+        self._classified = Metrics.counter(METRICS_NAMESPACE, "events_classified")
+        self._default_hits = Metrics.counter(METRICS_NAMESPACE, "default_hits")
+        self._errors = Metrics.counter(METRICS_NAMESPACE, "errors")
+        self._fallback_gauge = Metrics.gauge(METRICS_NAMESPACE, "re_fallback_patterns")
+        self._counters: dict[str, Any] = {}
+
+    def _counter(self, name: str):
+        c = self._counters.get(name)
+        if c is None:
+            c = self._counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
+        return c
+
+    def start_bundle(self) -> None:
+        self._fallback_gauge.set(len(self._clf.fallback))
+
+    def process(self, event: dict[str, Any]):
+        try:
+            out = self._clf.classify(event)
+        except Exception as exc:  # one bad event must not fail the bundle: dead-letter it
+            self._errors.inc()
+            yield beam.pvalue.TaggedOutput(DLQ_TAG, _internal_error(event, exc))
+            return
+        self._classified.inc()
+        self._counter("category." + out["category"]).inc()
+        if out["rule_id"]:
+            self._counter("rule." + out["rule_id"]).inc()
+        else:
+            self._default_hits.inc()
+        yield out
+
+
+def _internal_error(event: Any, exc: Exception) -> dict[str, Any]:
+    import orjson
+
+    src = event.get("src") if isinstance(event, dict) else None
+    topic = partition = offset = index = None
+    if isinstance(src, (list, tuple)) and len(src) == 4:
+        topic, partition, offset, index = src
+    try:
+        payload = orjson.dumps(event, default=repr)
+    except Exception:  # noqa: BLE001 - whatever it is, keep something to look at
+        payload = repr(event).encode("utf-8", "replace")
+    return dead_letter(INTERNAL_ERROR, f"classify: {type(exc).__name__}: {exc}", topic=topic,
+                       partition=partition, offset=offset, index=index, payload=payload, stage="classify")
+
+
+class Classify(beam.PTransform):
+    """PCollection[event dict] -> object with `.events` (classified) and `.dlq` (dead letters)."""
+
+    def __init__(self, cfg: ClassifyConfig, label: str | None = None) -> None:
+        super().__init__(label)
+        self._cfg = cfg
+
+    def expand(self, events):
+        return events | "ClassifyEvents" >> beam.ParDo(_ClassifyDoFn(self._cfg)).with_outputs(
+            DLQ_TAG, main="events")
+
