@@ -1,0 +1,175 @@
+"""Row layouts of the ClickHouse tables and the dict -> row-tuple converters the sink uses.
+
+Column order here is the column list of every INSERT; it must name columns that exist in sql/*.sql (a test
+compares both). Converters do no type coercion on purpose: a value of the wrong type is refused by the client
+encoder or the server, isolated by the sink's bisection and dead-lettered, instead of being silently changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import orjson
+
+_dumps = orjson.dumps
+_OPT = orjson.OPT_NON_STR_KEYS
+
+
+class TableLayout(NamedTuple):
+    name: str
+    columns: tuple[str, ...]
+    # ClickHouse type per column (the DDL's); also drives the Arrow schema of the chdb client.
+    types: tuple[str, ...]
+    to_row: Callable[[dict[str, Any]], tuple]
+    # Stable identity of a row, used for the insert dedup token and to name rows in dead letters.
+    row_id: Callable[[tuple], str]
+
+
+def _message(fields: dict[str, Any]) -> str:
+    """The main text of an event: `message`, else `content`, else the first text field."""
+    msg = fields.get("message") or fields.get("content")
+    if msg is None and fields:
+        msg = next(iter(fields.values()))
+    return msg if isinstance(msg, str) else ""
+
+
+def event_row(e: dict[str, Any]) -> tuple:
+    ms = e["event_time"]
+    ingest = e.get("ingest_time") or 0
+    fields = e.get("fields") or {}
+    src = e.get("src") or ("", -1, -1, -1)
+    tp = e.get("traceparent")
+    return (
+        e["event_id"],
+        ms // 1000,
+        ms,
+        ingest,
+        e.get("app_id") or "",
+        e.get("event_name") or "",
+        e.get("platform") or "",
+        e.get("device_id") or "",
+        e.get("category") or "",
+        e.get("rule_id") or "",
+        e.get("engine") or "",
+        e.get("duration_ms"),
+        _message(fields),
+        _dumps(fields, option=_OPT),  # bytes: both clients take bytes for String, no decode needed
+        _dumps(e.get("attrs") or {}, option=_OPT),
+        tp if tp is not None else "",
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        e.get("version", ingest),
+    )
+
+
+EVENTS = TableLayout(
+    "events",
+    (
+        "event_id", "event_time", "event_time_ms", "ingest_time_ms", "app_id", "event_name", "platform",
+        "device_id", "category", "rule_id", "engine", "duration_ms", "message", "fields", "attrs",
+        "traceparent", "src_topic", "src_partition", "src_offset", "src_index", "version",
+    ),
+    (
+        "String", "DateTime", "UInt64", "UInt64", "String", "String", "String",
+        "String", "String", "String", "String", "Nullable(Float64)", "String", "String", "String", "String",
+        "String", "Int32", "Int64", "Int32", "UInt64",
+    ),
+    event_row,
+    lambda row: row[0],
+)
+
+
+def aggregate_row(a: dict[str, Any]) -> tuple:
+    start = a["window_start"]
+    end = a["window_end"]
+    return (
+        start // 1000,
+        start,
+        end // 1000,
+        end,
+        a.get("category") or "",
+        a.get("app_id") or "",
+        a["count"],
+        a.get("distinct_devices") or 0,
+        a.get("p50"),
+        a.get("p95"),
+        a.get("max"),
+        str(a.get("pane") or ""),
+        a.get("pane_index") or 0,
+        a.get("version") or 0,
+    )
+
+
+WINDOW_AGGREGATES = TableLayout(
+    "window_aggregates",
+    (
+        "window_start", "window_start_ms", "window_end", "window_end_ms", "category", "app_id", "count",
+        "distinct_devices", "p50", "p95", "max", "pane", "pane_index", "version",
+    ),
+    (
+        "DateTime", "UInt64", "DateTime", "UInt64", "String", "String", "UInt64",
+        "UInt64", "Nullable(Float64)", "Nullable(Float64)", "Nullable(Float64)", "String", "UInt64", "UInt64",
+    ),
+    aggregate_row,
+    lambda row: f"{row[1]}|{row[4]}|{row[5]}|{row[13]}",
+)
+
+
+def _int(v: Any) -> int:
+    return -1 if v is None else v
+
+
+def _bytes(v: Any) -> bytes | str:
+    return b"" if v is None else v
+
+
+def dead_letter_row(d: dict[str, Any]) -> tuple:
+    t = d.get("time") or 0
+    return (
+        d.get("code") or "",
+        d.get("reason") or "",
+        d.get("stage") or "",
+        d.get("topic") or "",
+        _int(d.get("partition")),
+        _int(d.get("offset")),
+        _int(d.get("index")),
+        t // 1000,
+        t,
+        _bytes(d.get("key")),
+        _bytes(d.get("payload")),
+    )
+
+
+DEAD_LETTERS = TableLayout(
+    "dead_letters",
+    ("code", "reason", "stage", "topic", "partition", "offset", "index", "time", "time_ms", "key", "payload"),
+    ("String", "String", "String", "String", "Int32", "Int64", "Int32", "DateTime", "UInt64", "String",
+     "String"),
+    dead_letter_row,
+    lambda row: f"{row[3]}|{row[4]}|{row[5]}|{row[6]}|{row[8]}|{row[0]}",
+)
+
+TABLES: dict[str, TableLayout] = {t.name: t for t in (EVENTS, WINDOW_AGGREGATES, DEAD_LETTERS)}
+
+
+def batch_token(layout: TableLayout, rows: list[tuple]) -> str:
+    """Insert dedup token: a hash of the batch's row ids, so a retried batch is recognised by the server."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(layout.name.encode())
+    rid = layout.row_id
+    h.update("\n".join(rid(r) for r in rows).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def row_as_json(layout: TableLayout, row: tuple) -> bytes:
+    """A row as a JSON object (payload of a SINK_REJECTED dead letter); never raises."""
+    obj = {}
+    for name, value in zip(layout.columns, row, strict=False):
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        obj[name] = value
+    return _dumps(obj, option=_OPT | orjson.OPT_PASSTHROUGH_DATACLASS, default=repr)
