@@ -44,8 +44,6 @@ def _hs_flags(tr) -> int:
     flags = hyperscan.HS_FLAG_SINGLEMATCH
     if tr.utf8:
         flags |= hyperscan.HS_FLAG_UTF8
-    if tr.ucp:
-        flags |= hyperscan.HS_FLAG_UCP
     if tr.multiline:
         flags |= hyperscan.HS_FLAG_MULTILINE
     if tr.dotall:
@@ -64,7 +62,12 @@ def _error_text(exc: Exception) -> str:
 
 
 class Classifier:
-    """Classifies event dicts (their `fields`) or plain texts. Not thread-safe (one scratch per db)."""
+    """Classifies event dicts (their `fields`) or plain texts. Not thread-safe (one scratch per db).
+
+    Engine "hyperscan": one database holds every rule Hyperscan can run exactly; `fallback` rules (it
+    rejects them) run on `re`, and `ascii_only` rules (see classify_pcre) run on `re` for non-ASCII text.
+    `re` rules are tried in rank order and only while they could still beat the best match so far.
+    """
 
     def __init__(self, cfg: ClassifyConfig | list[Rule], engine: str | None = None) -> None:
         if isinstance(cfg, list):
@@ -80,7 +83,7 @@ class Classifier:
         order = sorted(range(len(cfg.rules)), key=lambda i: (-cfg.rules[i].priority,
                                                              -cfg.rules[i].specificity, i))
         self.rules: list[Rule] = [cfg.rules[i] for i in order]
-        self._none = len(self.rules)  # "no match" rank, worse than every rule
+        n = self._none = len(self.rules)  # "no match" rank, worse than every rule
         self._compiled = [r.compile_re() for r in self.rules]
         self._allowed = [frozenset(r.fields) if r.fields is not None else None for r in self.rules]
         self._restricted = any(a is not None for a in self._allowed)
@@ -88,21 +91,30 @@ class Classifier:
         self.default_category = cfg.default_category
         self._default = (cfg.default_category, "", "default")
         self.fallback: dict[str, str] = {}  # rule id -> why it runs on `re` (hyperscan's error text)
+        self.ascii_only: set[str] = set()  # rule ids run by hyperscan on ASCII text only
         self._db = None
-        self._hs_ranks: list[int] = []
-        self._re_ranks: list[int] = list(range(len(self.rules)))
+        self._hits: list[int] = []
+        app = self._hits.append
+        self._on_match = lambda i, a, b, c, d: app(i)  # noqa: E731 - bound once, called per match
+        re_ranks, ascii_ranks = list(range(n)), []
         if self.engine == "hyperscan":
-            self._compile_hyperscan()
+            re_ranks, ascii_ranks = self._compile_hyperscan()
+        # Hyperscan hits that are exact on non-ASCII text too.
+        self._exact_any = bytes(0 if k in set(ascii_ranks) else 1 for k in range(n))
+        item = lambda k: (k, self._compiled[k], self._allowed[k])  # noqa: E731
+        self._re_items_ascii = [item(k) for k in re_ranks]
+        self._re_items_other = [item(k) for k in sorted(set(re_ranks) | set(ascii_ranks))]
         # (category, rule_id, engine) for each rank, per engine, built once.
         self._res_hs = [(r.category, r.id, "hyperscan") for r in self.rules]
         self._res_re = [(r.category, r.id, "re") for r in self.rules]
-        self._fallback_items = [(k, self._compiled[k], self._allowed[k]) for k in self._re_ranks]
 
     # --- setup -----------------------------------------------------------------------------
-    def _compile_hyperscan(self) -> None:
+    def _compile_hyperscan(self) -> tuple[list[int], list[int]]:
+        """Build the database; return (ranks that run on re, ranks exact on ASCII text only)."""
         exprs: list[bytes] = []
         ids: list[int] = []
         flags: list[int] = []
+        ascii_only: set[int] = set()
         for rank, rule in enumerate(self.rules):
             try:
                 tr = translate(rule.pattern, rule.re_flags)
@@ -112,6 +124,8 @@ class Classifier:
             exprs.append(tr.expression.encode("ascii"))
             ids.append(rank)
             flags.append(_hs_flags(tr))
+            if tr.ascii_only:
+                ascii_only.add(rank)
         try:
             db = _hs_compile(exprs, ids, flags) if exprs else None
         except hyperscan.error:
@@ -129,14 +143,15 @@ class Classifier:
             except hyperscan.error as exc:  # e.g. resource limits of the whole set: everything on `re`
                 for rank in ids:
                     self.fallback[self.rules[rank].id] = f"database compile failed: {_error_text(exc)}"
-                exprs, ids, db = [], [], None
+                ids, db = [], None
         self._db = db
-        self._hs_ranks = ids
-        hs = set(ids)
-        self._re_ranks = [k for k in range(len(self.rules)) if k not in hs]
+        on_hs = set(ids)
+        ascii_only &= on_hs
+        self.ascii_only = {self.rules[k].id for k in ascii_only}
         if self.fallback:
             log.info("classify: %d of %d rules run on re: %s", len(self.fallback), len(self.rules),
                      self.fallback)
+        return [k for k in range(len(self.rules)) if k not in on_hs], sorted(ascii_only)
 
     def _allow_table(self, field: str) -> bytes:
         table = self._allow_tables.get(field)
@@ -146,59 +161,51 @@ class Classifier:
         return table
 
     # --- matching ----------------------------------------------------------------------------
-    def _re_best(self, text: str, field: str | None, limit: int, ranks) -> int:
-        """Best (smallest) rank below `limit` among `ranks` (ascending) whose regex matches `text`."""
-        compiled, allowed = self._compiled, self._allowed
-        for k in ranks:
+    def _re_best(self, text: str, field: str | None, limit: int, items) -> tuple[int, bool]:
+        """(best rank below `limit` among `items` whose regex matches `text`, found?)."""
+        for k, rx, allowed in items:
             if k >= limit:
                 break
-            a = allowed[k]
-            if (a is None or field is None or field in a) and compiled[k].search(text):
-                return k
-        return limit
+            if (allowed is None or field is None or field in allowed) and rx.search(text):
+                return k, True
+        return limit, False
 
-    def _best_re_engine(self, fields: dict[str, str]) -> tuple[int, bool]:
-        best = self._none
+    def _best_text(self, text: str, field: str | None, limit: int) -> tuple[int, bool]:
+        """(best rank below `limit` matching `text` in field `field`, matched by re?). None: any field."""
+        if self._db is None and self.engine == "re":
+            return self._re_best(text, field, limit, self._re_items_ascii)
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:  # lone surrogates are not UTF-8: hyperscan can't scan, re decides all
+            items = [(k, self._compiled[k], self._allowed[k]) for k in range(limit)]
+            return self._re_best(text, field, limit, items)
+        found = limit
+        is_ascii = text.isascii()
+        if self._db is not None:
+            hits = self._hits
+            hits.clear()
+            self._db.scan(data, match_event_handler=self._on_match)
+            if hits:
+                cand = hits
+                if not is_ascii:
+                    exact = self._exact_any
+                    cand = [h for h in cand if exact[h]]
+                if self._restricted and field is not None:
+                    table = self._allow_table(field)
+                    cand = [h for h in cand if table[h]]
+                if cand:
+                    found = min(found, min(cand))
+        k, by_re = self._re_best(text, field, found,
+                                 self._re_items_ascii if is_ascii else self._re_items_other)
+        return (k, True) if by_re else (found, False)
+
+    def _best_fields(self, fields: dict[str, str]) -> tuple[int, bool]:
+        best, via_re = self._none, False
         for name, text in fields.items():
             if text:
-                best = self._re_best(text, name, best, range(best))
-        return best, True
-
-    def _best_hyperscan(self, fields: dict[str, str], field_filter: bool = True) -> tuple[int, bool]:
-        """(best rank, matched by re?) of one event's fields."""
-        best = self._none
-        via_re = False
-        hits: list[int] = []
-        app = hits.append
-        scan = self._db.scan if self._db is not None else None
-        for name, text in fields.items():
-            if not text:
-                continue
-            fname = name if field_filter else None
-            try:
-                data = text.encode()
-            except UnicodeEncodeError:  # lone surrogates: not valid UTF-8 for hyperscan, run all on re
-                k = self._re_best(text, fname, best, range(best))
+                k, by_re = self._best_text(text, name, best)
                 if k < best:
-                    best, via_re = k, True
-                continue
-            if scan is not None:
-                hits.clear()
-                scan(data, match_event_handler=lambda i, a, b, c, d: app(i))
-                if hits:
-                    if self._restricted and fname is not None:
-                        table = self._allow_table(fname)
-                        k = min((h for h in hits if table[h]), default=best)
-                    else:
-                        k = min(hits)
-                    if k < best:
-                        best, via_re = k, False
-            for k, rx, allowed in self._fallback_items:
-                if k >= best:
-                    break
-                if (allowed is None or fname is None or fname in allowed) and rx.search(text):
-                    best, via_re = k, True
-                    break
+                    best, via_re = k, by_re
         return best, via_re
 
     def _result(self, best: int, via_re: bool) -> tuple[str, str, str]:
@@ -208,20 +215,17 @@ class Classifier:
 
     def classify_fields(self, fields: dict[str, str]) -> tuple[str, str, str]:
         """(category, rule_id, engine) for a mapping of field name -> text."""
-        if self.engine == "re":
-            return self._result(*self._best_re_engine(fields))
-        return self._result(*self._best_hyperscan(fields))
+        return self._result(*self._best_fields(fields))
 
     def classify_text(self, text: str, field: str | None = None) -> tuple[str, str, str]:
         """(category, rule_id, engine) of one text. With `field` None, rules' `fields` are ignored."""
-        if self.engine == "re":
-            best = self._re_best(text, field, self._none, range(self._none)) if text else self._none
-            return self._result(best, True)
-        return self._result(*self._best_hyperscan({field or "": text}, field_filter=field is not None))
+        if not text:
+            return self._default
+        return self._result(*self._best_text(text, field, self._none))
 
     def classify(self, event: dict[str, Any]) -> dict[str, Any]:
         """A copy of `event` with category, rule_id and engine added."""
-        cat, rid, eng = self.classify_fields(event["fields"])
+        cat, rid, eng = self._result(*self._best_fields(event["fields"]))
         out = dict(event)
         out["category"] = cat
         out["rule_id"] = rid
@@ -229,21 +233,22 @@ class Classifier:
         return out
 
     def classify_batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Fast path: classify many events with the per-call setup hoisted out of the loop."""
-        if self.engine == "re" or self._restricted:
+        """Fast path: classify many events (copies, like classify) with per-call work hoisted out.
+
+        Same decisions as `classify`; specialised for the common case (hyperscan engine, no
+        field-restricted rules, valid UTF-8 text) and falls back to the general path otherwise.
+        """
+        if self._db is None or self._restricted:
             return [self.classify(ev) for ev in events]
         none = self._none
         default = self._default
         res_hs, res_re = self._res_hs, self._res_re
-        fallback = self._fallback_items
-        scan = self._db.scan if self._db is not None else None
-        hits: list[int] = []
-        app = hits.append
+        re_ascii = self._re_items_ascii
+        best_text = self._best_text
+        scan = self._db.scan
+        on_match = self._on_match
+        hits = self._hits
         clear = hits.clear
-
-        def on_match(i, a, b, c, d, _app=app):
-            _app(i)
-
         out = []
         push = out.append
         for ev in events:
@@ -252,21 +257,18 @@ class Classifier:
             for text in ev["fields"].values():
                 if not text:
                     continue
-                try:
-                    data = text.encode()
-                except UnicodeEncodeError:
-                    k = self._re_best(text, None, best, range(best))
+                if not text.isascii():
+                    k, by_re = best_text(text, None, best)
                     if k < best:
-                        best, res = k, res_re
+                        best, res = k, (res_re if by_re else res_hs)
                     continue
-                if scan is not None:
-                    scan(data, match_event_handler=on_match)
-                    if hits:
-                        k = min(hits)
-                        clear()
-                        if k < best:
-                            best, res = k, res_hs
-                for k, rx, _ in fallback:
+                clear()
+                scan(text.encode(), match_event_handler=on_match)
+                if hits:
+                    k = min(hits)
+                    if k < best:
+                        best, res = k, res_hs
+                for k, rx, _ in re_ascii:
                     if k >= best:
                         break
                     if rx.search(text):

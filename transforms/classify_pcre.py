@@ -9,8 +9,13 @@ So we parse with Python's own parser and emit PCRE from the tree:
   explicit list of code-point ranges, computed by running Python's `re` itself over all code points
   (exact by construction, cached per process);
 - anchors map to their PCRE equivalent (`$` -> `\\Z`, Python `\\Z` -> `\\z`, multiline `^`/`$`);
-- constructs Hyperscan lacks (lookaround, backreferences, atomic groups, possessive repeats, Unicode
-  `\\b`) are emitted faithfully so Hyperscan itself rejects them and its error text explains the fallback.
+- constructs Hyperscan lacks (lookaround, backreferences, atomic groups, possessive repeats) are emitted
+  faithfully so Hyperscan itself rejects them and its error text explains the fallback.
+
+Sets with a long, irregular non-ASCII part (Unicode `\\w`, `\\d`: hundreds of ranges, seconds of Hyperscan
+compile time, even "Pattern length exceeds limit") are emitted exactly on ASCII and as "any non-ASCII"
+beyond; Unicode `\\b` is emitted as ASCII `\\b` (Hyperscan rejects `\\b` in UCP mode). Such a translation is
+marked `ascii_only`: exact on ASCII text, and the classifier runs the rule on `re` for non-ASCII text.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class Untranslatable(ValueError):
 class Translation:
     expression: str
     utf8: bool        # needs HS_FLAG_UTF8 (non-ASCII or any-character constructs)
-    ucp: bool         # needs HS_FLAG_UCP (only Unicode \b, which Hyperscan then rejects)
+    ascii_only: bool  # exact only on ASCII text (see above)
     multiline: bool   # uses multiline ^/$
     dotall: bool      # uses a dot that matches newline
 
@@ -42,12 +47,12 @@ class Translation:
 @lru_cache(maxsize=1)
 def _all_chars() -> str:
     # Every code point that can occur in text scanned by Hyperscan (valid UTF-8 has no surrogates).
-    return "".join(map(chr, [c for c in range(_MAXUNICODE + 1) if c not in _SURROGATES]))
+    return "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, _MAXUNICODE + 1)))
 
 
 def _ranges(chars: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
-    for cp in map(ord, chars):  # chars come out of _all_chars in ascending order
+    for cp in map(ord, sorted(chars)):
         if out and out[-1][1] + 1 == cp:
             out[-1] = (out[-1][0], cp)
         else:
@@ -56,17 +61,18 @@ def _ranges(chars: str) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=4096)
-def _char_set(atom_src: str, neg_src: str, flags: int) -> tuple[bool, tuple[tuple[int, int], ...]]:
-    """(negated, ranges) describing exactly the code points `atom_src` matches under `flags`.
-
-    `neg_src` must match exactly the complement (same class with NEGATE toggled). The smaller of the
-    two sets is returned so `[^\\n]`-like atoms stay short.
-    """
-    everything = _all_chars()
-    matching = re.compile(neg_src, flags).sub("", everything)
-    if len(matching) <= len(everything) // 2:
-        return False, tuple(_ranges(matching))
-    return True, tuple(_ranges(re.compile(atom_src, flags).sub("", everything)))
+def _char_set(atom_src: str, flags: int) -> tuple[bool, tuple[tuple[int, int], ...]]:
+    """(False, ranges): exactly the code points the one-character regex `atom_src` matches."""
+    out: list[tuple[int, int]] = []
+    gap = 0xD800  # index in _all_chars where the surrogates were left out
+    for m in re.finditer(f"(?:{atom_src})+", _all_chars(), flags):
+        lo, hi = m.start(), m.end() - 1
+        if lo < gap <= hi:
+            out.append((lo, gap - 1))
+            lo = gap
+        shift = 0x800 if lo >= gap else 0
+        out.append((lo + shift, hi + shift))
+    return False, tuple(out)
 
 
 @lru_cache(maxsize=1)
@@ -100,6 +106,32 @@ def _needs_utf8(negated: bool, ranges) -> bool:
     return negated or any(hi >= 0x80 for _, hi in ranges)
 
 
+_EXACT_RANGES = 16  # above this many ranges a set's non-ASCII part is approximated
+
+
+def _ascii_split(negated: bool, ranges) -> tuple[list[tuple[int, int]], int]:
+    """ASCII ranges of the positive set, and its non-ASCII part: 0 empty, 1 partial, 2 everything."""
+    pos = [(lo, hi) for lo, hi in ranges if lo < 0x80]
+    pos = [(lo, min(hi, 0x7F)) for lo, hi in pos]
+    high = sum(min(hi, _MAXUNICODE) - max(lo, 0x80) + 1 for lo, hi in ranges if hi >= 0x80)
+    total = _MAXUNICODE + 1 - 0x80 - len(_SURROGATES)
+    if negated:
+        pos = _complement_ascii(pos)
+        high = total - high
+    return pos, (0 if high == 0 else 2 if high == total else 1)
+
+
+def _complement_ascii(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, nxt = [], 0
+    for lo, hi in ranges:
+        if lo > nxt:
+            out.append((nxt, lo - 1))
+        nxt = hi + 1
+    if nxt <= 0x7F:
+        out.append((nxt, 0x7F))
+    return out
+
+
 def _class_expr(negated: bool, ranges: tuple[tuple[int, int], ...]) -> str:
     if not ranges:
         if negated:  # complement of nothing: any code point
@@ -118,6 +150,40 @@ _CATEGORY_SRC = {
 
 def _py_char(cp: int) -> str:
     return f"\\U{cp:08x}"
+
+
+def _merge(ranges) -> tuple[tuple[int, int], ...]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+def _category_set(cat, ascii_flag: int) -> tuple[tuple[int, int], ...]:
+    """Positive ranges of a category (no case folding involved)."""
+    src = _CATEGORY_SRC[cat]
+    return _char_set(src, ascii_flag)[1]
+
+
+def _class_set(items: list, ascii_flag: int) -> tuple[bool, tuple[tuple[int, int], ...]]:
+    """(negated, ranges) of a class without case folding, by set algebra on its items."""
+    negated = False
+    ranges: list[tuple[int, int]] = []
+    for op, av in items:
+        if op is C.NEGATE:
+            negated = True
+        elif op is C.LITERAL:
+            ranges.append((av, av))
+        elif op is C.RANGE:
+            ranges.append(av)
+        elif op is C.CATEGORY:
+            ranges.extend(_category_set(av, ascii_flag))
+        else:
+            raise Untranslatable(f"class item {op}")
+    return negated, _merge(ranges)
 
 
 def _class_items_src(items: list) -> tuple[str, bool]:
@@ -141,12 +207,21 @@ def _class_items_src(items: list) -> tuple[str, bool]:
 class _Emitter:
     def __init__(self) -> None:
         self.utf8 = False
-        self.ucp = False
+        self.ascii_only = False
         self.multiline = False
         self.dotall = False
 
-    def set_expr(self, atom_src: str, neg_src: str, flags: int) -> str:
-        negated, ranges = _char_set(atom_src, neg_src, flags & (re.IGNORECASE | re.ASCII))
+    def set_expr(self, atom_src: str, flags: int) -> str:
+        return self.emit_set(*_char_set(atom_src, flags & (re.IGNORECASE | re.ASCII)))
+
+    def emit_set(self, negated: bool, ranges) -> str:
+        if len(ranges) > _EXACT_RANGES:
+            pos, high = _ascii_split(negated, ranges)
+            if high == 1:
+                self.ascii_only = True
+            if high:
+                pos.append((0x80, _MAXUNICODE))
+            negated, ranges = False, tuple(pos)
         self.utf8 |= _needs_utf8(negated, ranges)
         return _class_expr(negated, ranges)
 
@@ -171,8 +246,10 @@ class _Emitter:
         if op is C.LITERAL:
             return self.literal(av, flags)
         if op is C.NOT_LITERAL:
+            if not flags & re.IGNORECASE:
+                return self.emit_set(True, ((av, av),))
             src = _py_char(av)
-            return self.set_expr(f"[^{src}]", src, flags)
+            return self.set_expr(f"[^{src}]", flags)
         if op is C.ANY:
             self.utf8 = True
             if flags & re.DOTALL:
@@ -180,12 +257,13 @@ class _Emitter:
                 return "."
             return "[^\\n]"
         if op is C.IN:
+            if not flags & re.IGNORECASE:  # direct set algebra; brute force only for case folding
+                return self.emit_set(*_class_set(av, flags & re.ASCII))
             inner, negated = _class_items_src(av)
-            pos, neg = f"[{inner}]", f"[^{inner}]"
-            return self.set_expr(neg, pos, flags) if negated else self.set_expr(pos, neg, flags)
+            return self.set_expr(f"[^{inner}]" if negated else f"[{inner}]", flags)
         if op is C.CATEGORY:  # outside a class
             src = _CATEGORY_SRC[av]
-            return self.set_expr(src, f"[^{src}]", flags)
+            return self.set_expr(src, flags)
         if op is C.SUBPATTERN:
             group, add, delete, sub = av
             inner = self.seq(sub, (flags | add) & ~delete)
@@ -231,8 +309,7 @@ class _Emitter:
             return "\\Z"  # PCRE \Z == Python $: end, or before a final newline
         if at in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY):
             if not flags & re.ASCII:
-                self.ucp = True  # Python's \b is Unicode-aware; Hyperscan rejects \b under UCP
-                self.utf8 = True
+                self.ascii_only = True  # Python's \b is Unicode-aware; Hyperscan rejects \b under UCP
             return "\\b" if at is C.AT_BOUNDARY else "\\B"
         raise Untranslatable(f"unsupported anchor {at}")
 
@@ -242,7 +319,7 @@ def translate(pattern: str, flags: int = 0) -> Translation:
     tree = _parser.parse(pattern, flags)
     em = _Emitter()
     expr = em.seq(tree, tree.state.flags)
-    return Translation(expr, em.utf8, em.ucp, em.multiline, em.dotall)
+    return Translation(expr, em.utf8, em.ascii_only, em.multiline, em.dotall)
 
 
 def literal_count(pattern: str, flags: int = 0) -> int:
