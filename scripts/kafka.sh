@@ -106,8 +106,17 @@ EOF
   fi
 }
 
+# Re-adopt a broker of this checkout that runs without a (valid) pid file.
+adopt_orphan() {
+  local pid
+  pid_alive "$KAFKA_PID" "$MARKER" && return 0
+  pid=$(find_pid kafka.Kafka "$MARKER") || return 1
+  echo "$pid" >"$KAFKA_PID"
+  warn "kafka: adopted running broker pid $pid (its pid file was missing or stale)"
+}
+
 kafka_up() {
-  if pid_alive "$KAFKA_PID" "$MARKER"; then
+  if adopt_orphan; then
     say "kafka: already running (pid $(cat "$KAFKA_PID"), bootstrap $BOOTSTRAP)"
     return 0
   fi
@@ -128,7 +137,7 @@ kafka_up() {
     -Dorg.slf4j.simpleLogger.defaultLogLevel=info \
     -Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients=warn \
     -Dorg.slf4j.simpleLogger.log.org.apache.kafka.common.config=warn \
-    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" </dev/null >"$KAFKA_LOG" 2>&1 &
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" </dev/null >"$KAFKA_LOG" 2>&1 9>&- &
   echo $! >"$KAFKA_PID"
   local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
   while ((SECONDS < deadline)); do
@@ -147,10 +156,13 @@ kafka_up() {
   die "kafka: broker did not answer on $BOOTSTRAP within ${KAFKA_START_TIMEOUT}s (log: $KAFKA_LOG)"
 }
 
-kafka_down() { stop_pid "$KAFKA_PID" "$MARKER" kafka 60; }
+kafka_down() {
+  adopt_orphan || true
+  stop_pid "$KAFKA_PID" "$MARKER" kafka 60
+}
 
 kafka_status() {
-  if pid_alive "$KAFKA_PID" "$MARKER"; then
+  if adopt_orphan 2>/dev/null; then
     say "kafka: running (pid $(cat "$KAFKA_PID"), bootstrap $BOOTSTRAP, data $KAFKA_DATA_DIR, log $KAFKA_LOG)"
     return 0
   fi
@@ -159,9 +171,9 @@ kafka_status() {
 }
 
 case "${1:-}" in
-  setup) kafka_setup ;;
-  up) kafka_up ;;
-  down) kafka_down ;;
+  setup) with_lock "$CACHE_DIR/kafka/.lock" kafka_setup ;;
+  up) with_lock "$KAFKA_HOME_RUN/.lock" kafka_up ;;
+  down) with_lock "$KAFKA_HOME_RUN/.lock" kafka_down ;;
   status) kafka_status ;;
   *) echo "usage: $0 setup|up|down|status" >&2; exit 2 ;;
 esac

@@ -36,6 +36,34 @@ pid_alive() {
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker"
 }
 
+# find_pid MARKER...: first pid whose command line contains every MARKER (adopts a server whose pid
+# file was lost, e.g. after two concurrent starts). The markers are absolute paths unique to this checkout.
+find_pid() {
+  local d cmd m ok
+  for d in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+    ok=1
+    for m in "$@"; do [[ "$cmd" == *"$m"* ]] || { ok=0; break; }; done
+    ((ok)) && { echo "${d#/proc/}"; return 0; }
+  done
+  return 1
+}
+
+# with_lock LOCKFILE CMD...: run CMD holding an exclusive lock, so concurrent up/down calls (several
+# developers or test processes share one checkout) serialize instead of starting two servers.
+# The lock fd is closed for CMD's children (9>&- where they are spawned) so a daemon never holds it.
+with_lock() {
+  local lock=$1
+  shift
+  mkdir -p "$(dirname "$lock")"
+  exec 9>"$lock"
+  flock -w 300 9 || die "could not take $lock within 300 s"
+  "$@"
+  local rc=$?
+  exec 9>&-
+  return "$rc"
+}
+
 # stop_pid PIDFILE MARKER NAME [GRACE_SECONDS]: SIGTERM, wait, SIGKILL after the grace period.
 stop_pid() {
   local pidfile=$1 marker=$2 name=$3 grace=${4:-30} pid i
