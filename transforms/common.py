@@ -9,12 +9,12 @@ from typing import Any, NamedTuple
 DLQ_TAG = "dlq"
 
 # Dead-letter codes. Stable strings: operators filter and replay by them.
-DECODE_ERROR = "DECODE_ERROR"          # not UTF-8 / not JSON
+DECODE_ERROR = "DECODE_ERROR"  # not UTF-8 / not JSON
 VALIDATION_ERROR = "VALIDATION_ERROR"  # wrong shape, missing or mistyped field, skew
-TOO_LARGE = "TOO_LARGE"                # value, item count or field over a configured limit
-EMPTY = "EMPTY"                        # null/empty Kafka value
-INTERNAL_ERROR = "INTERNAL_ERROR"      # a bug caught by a stage; the record is kept, not lost
-SINK_REJECTED = "SINK_REJECTED"        # a sink refused the row for good (e.g. ClickHouse type error)
+TOO_LARGE = "TOO_LARGE"  # value, item count or field over a configured limit
+EMPTY = "EMPTY"  # null/empty Kafka value
+INTERNAL_ERROR = "INTERNAL_ERROR"  # a bug caught by a stage; the record is kept, not lost
+SINK_REJECTED = "SINK_REJECTED"  # a sink refused the row for good (e.g. ClickHouse type error)
 
 
 class ConfigError(ValueError):
@@ -105,7 +105,7 @@ def dead_letter_from_kafka(
     original: list[tuple[str, bytes]] = []
     for k, v in headers or ():
         if k.startswith(DLQ_HEADER_PREFIX):
-            meta[k[len(DLQ_HEADER_PREFIX):]] = v.decode("utf-8", "replace") if v is not None else None
+            meta[k[len(DLQ_HEADER_PREFIX) :]] = v.decode("utf-8", "replace") if v is not None else None
         else:
             original.append((k, v))
     for name in ("partition", "offset", "index", "time"):

@@ -1,0 +1,655 @@
+"""Python-native Kafka IO for Beam on confluent-kafka (librdkafka): no Java, no expansion service.
+
+ReadFromKafka is a splittable DoFn whose element is one topic-partition and whose restriction is an
+offset range, the shape of Beam Java's ReadFromKafkaDoFn:
+
+    Impulse | PeriodicImpulse -> discover partitions -> ReadPartitionFn (SDF) -> KafkaRecord
+
+- Bounded mode (`stop_at_end`): partitions and their end offsets are fixed when the read starts,
+  `max_records` is split across partitions up front, and the read ends when every range is done.
+- Unbounded mode: discovery repeats every `discovery_interval_s` (new topics matching the pattern and
+  new partitions are picked up), ranges are open-ended, the SDF checkpoints itself every
+  `max_poll_s`, and the watermark comes from record timestamps, advancing with wall time on an idle
+  partition so empty partitions do not hold windows back.
+
+Offsets are committed to the consumer group from bundle finalization, i.e. only after the runner has
+made the bundle's output durable, so committed offsets never run ahead of processed data.
+WriteToKafka produces with an idempotent producer and fails the bundle if any record is not
+acknowledged, so the runner retries it: at least once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from transforms.common import ConfigError, KafkaRecord
+from transforms.kafka_config import (
+    CONSUMER_DEFAULTS,
+    PRODUCER_DEFAULTS,
+    merged,
+    redacted,
+    resolve_secrets,
+    validate_client_config,
+)
+
+log = logging.getLogger(__name__)
+
+START_POSITIONS = ("committed", "earliest", "latest")
+_OPEN_END = sys.maxsize  # the stop offset of an unbounded restriction
+
+
+class KafkaReadError(RuntimeError):
+    """A read error retrying cannot fix (unknown topic, authorization): names the topic."""
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    consumer: dict[str, Any] = field(default_factory=dict)
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
+    start: str = "committed"
+    stop_at_end: bool = False
+    max_records: int | None = None
+    idle_timeout_s: float = 10.0
+    discovery_interval_s: float = 30.0
+    max_out_of_orderness_s: float = 1.0
+    commit_offsets: bool = True
+    poll_batch: int = 5000
+    max_poll_s: float = 1.0
+
+    @property
+    def bounded(self) -> bool:
+        return self.stop_at_end or self.max_records is not None
+
+    def client_config(self) -> dict[str, Any]:
+        """The consumer settings with defaults and resolved secrets (worker side only)."""
+        cfg = resolve_secrets(merged(CONSUMER_DEFAULTS, self.consumer))
+        cfg.setdefault("group.id", "classifier")
+        return cfg
+
+    def describe(self) -> str:
+        what = f"pattern {self.topic_pattern!r}" if self.topic_pattern else f"topics {list(self.topics)}"
+        return f"{what}, consumer {redacted(self.consumer)}"
+
+
+def validate_read_config(cfg: ReadConfig) -> ReadConfig:
+    if bool(cfg.topics) == bool(cfg.topic_pattern):
+        raise ConfigError("source.topics", "give exactly one of topics (a list) or topic_pattern (a regex)")
+    if cfg.topic_pattern:
+        try:
+            re.compile(cfg.topic_pattern)
+        except re.error as e:
+            raise ConfigError("source.topic_pattern", f"bad regex: {e}") from None
+    if cfg.start not in START_POSITIONS:
+        raise ConfigError("source.start", f"one of {', '.join(START_POSITIONS)}, got {cfg.start!r}")
+    if cfg.max_records is not None and cfg.max_records < 0:
+        raise ConfigError("source.max_records", "must be >= 0")
+    for name in ("idle_timeout_s", "discovery_interval_s", "max_poll_s"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"source.{name}", "must be > 0")
+    validate_client_config(cfg.consumer, "kafka.consumer")
+    return cfg
+
+
+class PartitionSpec(NamedTuple):
+    """The SDF element: one partition, and where its read starts and (bounded) stops."""
+
+    topic: str
+    partition: int
+    start: int
+    stop: int  # _OPEN_END for unbounded
+
+
+# --- Client helpers ----------------------------------------------------------------------------
+
+
+def _consumer(cfg: dict[str, Any]):
+    from confluent_kafka import Consumer
+
+    return Consumer(cfg)
+
+
+def list_partitions(cfg: ReadConfig, consumer=None, timeout: float = 10.0) -> list[tuple[str, int]]:
+    """The (topic, partition) pairs to read now. Raises KafkaReadError naming a missing topic."""
+    own = consumer is None
+    consumer = consumer or _consumer(cfg.client_config())
+    try:
+        md = consumer.list_topics(timeout=timeout)
+    except Exception as e:  # KafkaException: broker unreachable within timeout
+        raise KafkaReadError(f"cannot list topics at {cfg.client_config()['bootstrap.servers']}: {e}") from e
+    finally:
+        if own:
+            consumer.close()
+    out = []
+    if cfg.topic_pattern:
+        rx = re.compile(cfg.topic_pattern)
+        names = [t for t in md.topics if rx.search(t) and not t.startswith("__")]
+    else:
+        names = list(cfg.topics)
+    for name in sorted(names):
+        tmd = md.topics.get(name)
+        if tmd is None:
+            raise KafkaReadError(f"topic {name!r} does not exist (source.topics)")
+        if tmd.error is not None:
+            raise KafkaReadError(f"topic {name!r}: {tmd.error.str()}")
+        out.extend((name, p) for p in sorted(tmd.partitions))
+    return out
+
+
+def resolve_start(consumer, topic: str, partition: int, policy: str) -> int:
+    """The first offset to read for a start policy; `committed` falls back to earliest."""
+    from confluent_kafka import TopicPartition
+
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    if policy == "latest":
+        return high
+    if policy == "committed":
+        committed = consumer.committed([TopicPartition(topic, partition)], timeout=10)[0].offset
+        if committed >= 0:
+            return max(committed, low)
+    return low
+
+
+def plan_bounded(cfg: ReadConfig) -> list[PartitionSpec]:
+    """Fixes each partition's [start, end) at read start, and splits max_records across them."""
+    consumer = _consumer(cfg.client_config())
+    try:
+        from confluent_kafka import TopicPartition
+
+        specs = []
+        for topic, p in list_partitions(cfg, consumer):
+            start = resolve_start(consumer, topic, p, cfg.start)
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            specs.append(PartitionSpec(topic, p, start, max(start, high)))
+    finally:
+        consumer.close()
+    if cfg.max_records is not None:
+        # Deterministic split: partitions in order, each takes what it has until the budget is spent.
+        budget, capped = cfg.max_records, []
+        for s in specs:
+            take = min(budget, s.stop - s.start)
+            budget -= take
+            capped.append(s._replace(stop=s.start + take))
+        specs = capped
+    return [s for s in specs if s.stop > s.start]
+
+
+# --- Restriction tracking ----------------------------------------------------------------------
+
+
+class _OffsetBatch:
+    """A claim for a run of offsets [first, last]; the tracker writes back how far it granted."""
+
+    __slots__ = ("first", "last", "upto")
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last, self.upto = first, last, -1
+
+
+class KafkaOffsetTracker(OffsetRestrictionTracker):
+    """OffsetRestrictionTracker that can claim a whole fetched batch in one call.
+
+    Claiming per record costs a lock round trip per element; one claim per batch keeps the hot loop
+    tight. A split can land inside the batch, so the tracker grants `upto` (the last offset still in
+    the range) and the caller emits only records up to it.
+    """
+
+    def try_claim(self, position):
+        if not isinstance(position, _OffsetBatch):
+            return super().try_claim(position)
+        first, last = position.first, position.last
+        if self._last_claim_attempt is not None and first <= self._last_claim_attempt:
+            raise ValueError(f"claims must increase: {first} after {self._last_claim_attempt}")
+        if first < self._range.start:
+            raise ValueError(f"offset {first} before range start {self._range.start}")
+        self._last_claim_attempt = last
+        stop = self._range.stop
+        if first >= stop:
+            return False
+        position.upto = min(last, stop - 1)
+        self._current_position = position.upto
+        return True
+
+
+class _PartitionRestrictions(RestrictionProvider):
+    """Stateless: discovery has already resolved each partition's start offset."""
+
+    def initial_restriction(self, element: PartitionSpec) -> OffsetRange:
+        return OffsetRange(element.start, max(element.start, element.stop))
+
+    def create_tracker(self, restriction: OffsetRange) -> KafkaOffsetTracker:
+        return KafkaOffsetTracker(restriction)
+
+    def restriction_size(self, element: PartitionSpec, restriction: OffsetRange) -> int:
+        if restriction.stop >= _OPEN_END:
+            return 1  # unknown backlog; a real estimate would need a broker call per size request
+        return restriction.size()
+
+    def truncate(self, element, restriction):
+        # On drain, an unbounded partition stops where it is: nothing more is claimed.
+        if restriction.stop >= _OPEN_END:
+            return None
+        return restriction
+
+
+_RESTRICTIONS = _PartitionRestrictions()
+
+
+class _WatermarkProvider(WatermarkEstimatorProvider):
+    def initial_estimator_state(self, element, restriction):
+        return None
+
+    def create_watermark_estimator(self, estimator_state):
+        return ManualWatermarkEstimator(estimator_state)
+
+
+# --- The read DoFn -----------------------------------------------------------------------------
+
+
+class _CachedConsumer:
+    __slots__ = ("consumer", "next_offset", "last_data_at")
+
+    def __init__(self, consumer, next_offset: int) -> None:
+        self.consumer, self.next_offset = consumer, next_offset
+        self.last_data_at = time.monotonic()
+
+
+_FATAL_CODES = {
+    "UNKNOWN_TOPIC_OR_PART",
+    "TOPIC_AUTHORIZATION_FAILED",
+    "GROUP_AUTHORIZATION_FAILED",
+    "_UNKNOWN_TOPIC",
+    "_UNKNOWN_PARTITION",
+    "TOPIC_EXCEPTION",
+}
+
+
+class _ReadPartitionFn(beam.DoFn):
+    """Reads one partition's offset range. One consumer per partition, cached across calls."""
+
+    MAX_CACHED = 64
+
+    def __init__(self, cfg: ReadConfig) -> None:
+        self._cfg = cfg
+        self._records = Metrics.counter("kafka", "records_read")
+        self._bytes = Metrics.counter("kafka", "bytes_read")
+        self._errors = Metrics.counter("kafka", "consumer_errors")
+        self._commits = Metrics.counter("kafka", "offset_commits")
+
+    def setup(self) -> None:
+        self._client_cfg = self._cfg.client_config()
+        self._consumers: OrderedDict[tuple[str, int], _CachedConsumer] = OrderedDict()
+        self._committer = None
+        self._commit_lock = threading.Lock()
+        self._last_error_log = 0.0
+
+    def teardown(self) -> None:
+        for c in getattr(self, "_consumers", {}).values():
+            c.consumer.close()
+        if getattr(self, "_committer", None) is not None:
+            self._committer.close()
+
+    def _consumer_at(self, topic: str, partition: int, offset: int) -> _CachedConsumer:
+        from confluent_kafka import TopicPartition
+
+        key = (topic, partition)
+        cached = self._consumers.get(key)
+        if cached is not None:
+            self._consumers.move_to_end(key)
+            if cached.next_offset != offset:
+                cached.consumer.seek(TopicPartition(topic, partition, offset))
+                cached.next_offset = offset
+            return cached
+        consumer = _consumer(self._client_cfg)
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        cached = _CachedConsumer(consumer, offset)
+        self._consumers[key] = cached
+        while len(self._consumers) > self.MAX_CACHED:
+            _, old = self._consumers.popitem(last=False)
+            old.consumer.close()
+        return cached
+
+    def _commit(self, topic: str, partition: int, next_offset: int) -> None:
+        """Bundle-finalization callback: the bundle is durable, so its offsets may be committed."""
+        from confluent_kafka import TopicPartition
+
+        with self._commit_lock:
+            if self._committer is None:
+                self._committer = _consumer(self._client_cfg)
+            try:
+                self._committer.commit(
+                    offsets=[TopicPartition(topic, partition, next_offset)], asynchronous=False
+                )
+                self._commits.inc()
+            except Exception as e:  # a failed commit only means more replay after a restart
+                log.warning("offset commit %s[%d]@%d failed: %s", topic, partition, next_offset, e)
+
+    def _handle_error(self, err, topic: str, partition: int) -> None:
+        self._errors.inc()
+        if err.name() in _FATAL_CODES or err.fatal():
+            raise KafkaReadError(f"reading topic {topic!r} partition {partition}: {err.name()}: {err.str()}")
+        now = time.monotonic()
+        if now - self._last_error_log > 5:  # librdkafka retries by itself; log, don't flood
+            self._last_error_log = now
+            log.warning("kafka %s[%d]: %s (retrying)", topic, partition, err.str())
+
+    def process(
+        self,
+        element: PartitionSpec,
+        # Beam passes the finalizer positionally and tracker/watermark by keyword: keep this order.
+        finalizer=beam.DoFn.BundleFinalizerParam,
+        tracker=beam.DoFn.RestrictionParam(_RESTRICTIONS),
+        watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
+    ) -> Iterable[TimestampedValue]:
+        from confluent_kafka import KafkaError
+
+        topic, partition = element.topic, element.partition
+        rng = tracker.current_restriction()
+        if rng.start >= rng.stop:
+            return
+        cached = self._consumer_at(topic, partition, rng.start)
+        consumer = cached.consumer
+        cfg = self._cfg
+        bounded = rng.stop < _OPEN_END
+        deadline = time.monotonic() + cfg.max_poll_s
+        lag = cfg.max_out_of_orderness_s
+        records_ctr, bytes_ctr = self._records, self._bytes
+        claimed_upto = -1
+        eof_code = KafkaError._PARTITION_EOF
+        done = False
+        try:
+            while True:
+                msgs = consumer.consume(num_messages=cfg.poll_batch, timeout=0.2)
+                data = []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        data.append(m)
+                    elif err.code() == eof_code:
+                        # At the end: a bounded range whose tail holds no data (e.g. transaction
+                        # markers) is done once the consumer position reaches its stop.
+                        if bounded and m.offset() >= rng.stop:
+                            done = True
+                    else:
+                        self._handle_error(err, topic, partition)
+                now = time.monotonic()
+                if data:
+                    cached.last_data_at = now
+                    claim = _OffsetBatch(data[0].offset(), data[-1].offset())
+                    if not tracker.try_claim(claim):
+                        return
+                    upto = claim.upto
+                    max_ts = 0
+                    nbytes = 0
+                    n = 0
+                    for m in data:
+                        off = m.offset()
+                        if off > upto:
+                            break
+                        ts = m.timestamp()[1]
+                        value = m.value()
+                        if value is not None:
+                            nbytes += len(value)
+                        if ts > max_ts:
+                            max_ts = ts
+                        n += 1
+                        yield TimestampedValue(
+                            KafkaRecord(topic, partition, off, ts, m.key(), value, tuple(m.headers() or ())),
+                            ts / 1000.0,
+                        )
+                    claimed_upto = upto
+                    cached.next_offset = data[n - 1].offset() + 1 if n else cached.next_offset
+                    records_ctr.inc(n)
+                    bytes_ctr.inc(nbytes)
+                    if max_ts > 0:
+                        _advance(watermark, Timestamp(micros=int((max_ts / 1000.0 - lag) * 1e6)))
+                    if upto < claim.last or (bounded and upto >= rng.stop - 1):
+                        # Split inside this batch or range finished: the rest belongs to someone else.
+                        cached.next_offset = upto + 1
+                        if upto < claim.last:
+                            consumer.seek(_tp(topic, partition, upto + 1))
+                        return
+                elif not bounded and now - cached.last_data_at >= cfg.idle_timeout_s:
+                    # Idle partition: new records will carry timestamps near wall time, so the
+                    # watermark may follow the clock instead of holding every window back.
+                    _advance(watermark, Timestamp.of(time.time() - cfg.idle_timeout_s))
+                if done:
+                    tracker.try_claim(rng.stop)  # marks the range as finished for check_done
+                    return
+                if now >= deadline:
+                    # Self-checkpoint: the runner gets a residual and can persist progress.
+                    tracker.defer_remainder(Duration.of(0) if data else Duration.of(0.2))
+                    return
+        finally:
+            if claimed_upto >= 0 and self._cfg.commit_offsets:
+                next_offset = claimed_upto + 1
+                finalizer.register(lambda: self._commit(topic, partition, next_offset))
+
+
+def _tp(topic: str, partition: int, offset: int):
+    from confluent_kafka import TopicPartition
+
+    return TopicPartition(topic, partition, offset)
+
+
+def _advance(estimator, wm: Timestamp) -> None:
+    current = estimator.current_watermark()
+    if current is None or wm > current:
+        estimator.set_watermark(wm)
+
+
+class _ReadUnboundedPartitionFn(_ReadPartitionFn):
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        element,
+        finalizer=beam.DoFn.BundleFinalizerParam,
+        tracker=beam.DoFn.RestrictionParam(_RESTRICTIONS),
+        watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
+    ):
+        return super().process(element, finalizer, tracker=tracker, watermark=watermark)
+
+
+# --- Discovery ---------------------------------------------------------------------------------
+
+
+class _PlanBoundedFn(beam.DoFn):
+    def __init__(self, cfg: ReadConfig) -> None:
+        self._cfg = cfg
+
+    def process(self, _) -> Iterable[PartitionSpec]:
+        specs = plan_bounded(self._cfg)
+        total = sum(s.stop - s.start for s in specs)
+        log.info(
+            "bounded read of %d records from %d partitions (%s)", total, len(specs), self._cfg.describe()
+        )
+        yield from specs
+
+
+class _DiscoverFn(beam.DoFn):
+    """On each tick lists the partitions to read, as one element so the next step sees whole ticks."""
+
+    def __init__(self, cfg: ReadConfig) -> None:
+        self._cfg = cfg
+
+    def process(self, _) -> Iterable[tuple[str, list[tuple[str, int]]]]:
+        try:
+            parts = list_partitions(self._cfg)
+        except KafkaReadError as e:
+            # A broker outage or a not-yet-created topic must not kill the job: retry next tick.
+            log.warning(
+                "partition discovery failed, retrying in %.0f s: %s", self._cfg.discovery_interval_s, e
+            )
+            return
+        yield "all", parts
+
+
+class _NewPartitionsFn(beam.DoFn):
+    """Emits each partition once, with its start offset resolved.
+
+    Partitions seen on the first successful tick start at the configured position; later ones (new
+    topics matching the pattern, partitions added to a topic) start at their earliest offset, so
+    nothing written to them before discovery is skipped.
+    """
+
+    SEEN = beam.transforms.userstate.ReadModifyWriteStateSpec("seen", beam.coders.PickleCoder())
+
+    def __init__(self, cfg: ReadConfig) -> None:
+        self._cfg = cfg
+
+    def process(self, element, seen=beam.DoFn.StateParam(SEEN)) -> Iterable[PartitionSpec]:
+        _, parts = element
+        known = seen.read()
+        policy = self._cfg.start if known is None else "earliest"
+        known = set(known or ())
+        new = [tp for tp in parts if tp not in known]
+        if not new:
+            return
+        consumer = _consumer(self._cfg.client_config())
+        try:
+            specs = [PartitionSpec(t, p, resolve_start(consumer, t, p, policy), _OPEN_END) for t, p in new]
+        finally:
+            consumer.close()
+        seen.write(known | set(new))
+        for s in specs:
+            log.info("reading partition %s[%d] from offset %d (%s)", s.topic, s.partition, s.start, policy)
+            yield s
+
+
+class ReadFromKafka(beam.PTransform):
+    """Reads Kafka records (`KafkaRecord`) from a topic list or a topic regex.
+
+    Bounded with `stop_at_end` or `max_records`, unbounded otherwise. Elements are timestamped with
+    the Kafka record timestamp; the watermark follows it per partition.
+    """
+
+    def __init__(self, cfg: ReadConfig) -> None:
+        super().__init__()
+        self._cfg = validate_read_config(cfg)
+
+    def expand(self, pbegin):
+        cfg = self._cfg
+        if cfg.bounded:
+            specs = (
+                pbegin
+                | "Start" >> beam.Impulse()
+                | "PlanPartitions" >> beam.ParDo(_PlanBoundedFn(cfg))
+                | "SpreadPartitions" >> beam.Reshuffle()
+            )
+            read_fn = _ReadPartitionFn(cfg)
+        else:
+            specs = (
+                pbegin
+                | "DiscoveryTicks" >> PeriodicImpulse(fire_interval=cfg.discovery_interval_s)
+                | "ListPartitions" >> beam.ParDo(_DiscoverFn(cfg))
+                | "NewPartitions" >> beam.ParDo(_NewPartitionsFn(cfg))
+            )
+            read_fn = _ReadUnboundedPartitionFn(cfg)
+        return specs | "ReadPartitions" >> beam.ParDo(read_fn)
+
+
+# --- Write -------------------------------------------------------------------------------------
+
+
+class KafkaMessage(NamedTuple):
+    """One record to produce: WriteToKafka's element. The topic is per record (routing)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class KafkaWriteError(RuntimeError):
+    """Records were not acknowledged; raised from finish_bundle so the runner retries the bundle."""
+
+
+class _WriteFn(beam.DoFn):
+    POLL_EVERY = 1000
+
+    def __init__(self, producer_cfg: dict[str, Any], flush_timeout_s: float) -> None:
+        self._producer_cfg = producer_cfg
+        self._flush_timeout_s = flush_timeout_s
+        self._written = Metrics.counter("kafka", "records_written")
+        self._failed = Metrics.counter("kafka", "delivery_errors")
+        self._full = Metrics.counter("kafka", "producer_queue_full")
+
+    def setup(self) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(resolve_secrets(merged(PRODUCER_DEFAULTS, self._producer_cfg)))
+        self._errors: list[str] = []
+
+    def start_bundle(self) -> None:
+        self._errors = []
+        self._pending = 0
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err.str()}")
+
+    def process(self, msg: KafkaMessage) -> None:
+        produce = self._producer.produce
+        while True:
+            try:
+                produce(
+                    msg.topic,
+                    msg.value,
+                    msg.key,
+                    headers=list(msg.headers) or None,
+                    on_delivery=self._on_delivery,
+                )
+                break
+            except BufferError:
+                # Local queue full: wait for deliveries instead of growing memory (backpressure).
+                self._full.inc()
+                self._producer.poll(0.05)
+        self._pending += 1
+        if self._pending % self.POLL_EVERY == 0:
+            self._producer.poll(0)
+
+    def finish_bundle(self) -> None:
+        if self._pending == 0:
+            return
+        remaining = self._producer.flush(self._flush_timeout_s)
+        if remaining or self._errors:
+            self._failed.inc(len(self._errors) + remaining)
+            first = self._errors[0] if self._errors else f"{remaining} records not acknowledged in time"
+            raise KafkaWriteError(
+                f"{len(self._errors)} delivery errors, {remaining} unacknowledged of {self._pending}: {first}"
+            )
+        self._written.inc(self._pending)
+
+    def teardown(self) -> None:
+        producer = getattr(self, "_producer", None)
+        if producer is not None:
+            producer.flush(self._flush_timeout_s)
+
+
+class WriteToKafka(beam.PTransform):
+    """Produces `KafkaMessage`s. A bundle completes only when all its records are acknowledged."""
+
+    def __init__(self, producer_cfg: dict[str, Any] | None = None, flush_timeout_s: float = 60.0) -> None:
+        super().__init__()
+        self._producer_cfg = validate_client_config(producer_cfg, "kafka.producer")
+        self._flush_timeout_s = flush_timeout_s
+
+    def expand(self, pcoll):
+        return pcoll | "Produce" >> beam.ParDo(_WriteFn(self._producer_cfg, self._flush_timeout_s))
