@@ -58,6 +58,10 @@ class ClassifyConfig:
     default_category: str = "UNCLASSIFIED"
     rules: list[Rule] = field(default_factory=list)
 
+    def categories(self) -> list[str]:
+        """Every category an event can get: the rules' and the default (sorted, unique)."""
+        return sorted({r.category for r in self.rules} | {self.default_category})
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)

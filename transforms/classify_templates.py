@@ -9,13 +9,19 @@ import re
 from transforms.classify_rules import Rule
 
 VARIABLE = "<*>"
+_META = re.compile(r"([.^$*+?{}\[\]\\|()])")
+
+
+def _escape(literal: str) -> str:
+    # Only regex metacharacters (re.escape also escapes spaces, unreadable in a YAML rules file).
+    return _META.sub(r"\\\1", literal)
 
 
 def template_pattern(template: str) -> tuple[str, int]:
     """(anchored regex for the whole text, literal character count) of one template."""
     parts = template.split(VARIABLE)
     # `.*` (not `.+`): Loghub's parsers also put <*> where the variable text is empty.
-    return r"\A" + ".*".join(re.escape(p) for p in parts) + r"\Z", sum(len(p) for p in parts)
+    return r"\A" + ".*".join(_escape(p) for p in parts) + r"\Z", sum(len(p) for p in parts)
 
 
 def read_templates(path: str) -> list[tuple[str, str]]:
