@@ -32,3 +32,8 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def main_entry() -> None:
+    """Console-script entry point (`perf-pipeline`), same as `python -m pipeline`."""
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,124 @@
+"""ReadFromKafka / WriteToKafka against the real broker (bounded mode, FnApiRunner)."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.conftest import BOOTSTRAP, create_topics, produce, read_all
+from transforms.common import ConfigError
+from transforms.kafkaio import KafkaMessage, KafkaReadError, ReadConfig, ReadFromKafka, WriteToKafka, list_partitions
+
+FNAPI = PipelineOptions(["--runner=FnApiRunner"])
+
+
+def _cfg(group: str, **kw) -> ReadConfig:
+    kw.setdefault("stop_at_end", True)
+    return ReadConfig(consumer={"bootstrap.servers": BOOTSTRAP, "group.id": group}, **kw)
+
+
+def _committed(group: str, topic: str, partitions: int) -> list[int]:
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
+    try:
+        return [tp.offset for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+    finally:
+        c.close()
+
+
+def test_bounded_read_returns_every_record_with_metadata_and_commits(kafka, topic_prefix):
+    topic = f"{topic_prefix}.in"
+    create_topics([topic], partitions=3)
+    values = [b"v%d" % i for i in range(300)]
+    for part in range(3):
+        produce(topic, values[part::3], headers=[("traceparent", b"00-abc")], key=b"k", partition=part)
+    group = f"{topic_prefix}-g"
+    with beam.Pipeline(options=FNAPI) as p:
+        recs = p | ReadFromKafka(_cfg(group, topics=(topic,)))
+        assert_that(recs | beam.Map(lambda r: r.value), equal_to(values), label="values")
+        assert_that(
+            recs | beam.Map(lambda r: (r.topic, r.key, r.headers, r.timestamp > 0)) | beam.Distinct(),
+            equal_to([(topic, b"k", (("traceparent", b"00-abc"),), True)]),
+            label="metadata",
+        )
+    # Bundle finalization committed the next offset of every partition: lag 0.
+    ends = []
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "x"})
+    for p in range(3):
+        ends.append(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+    c.close()
+    assert ends == [100, 100, 100]
+    assert _committed(group, topic, 3) == ends
+
+
+def test_restart_with_same_group_reads_only_new_records(kafka, topic_prefix):
+    topic = f"{topic_prefix}.in"
+    create_topics([topic], partitions=2)
+    produce(topic, [b"old%d" % i for i in range(50)])
+    group = f"{topic_prefix}-g"
+    with beam.Pipeline(options=FNAPI) as p:
+        _ = p | ReadFromKafka(_cfg(group, topics=(topic,)))
+    produce(topic, [b"new%d" % i for i in range(20)])
+    with beam.Pipeline(options=FNAPI) as p:
+        recs = p | ReadFromKafka(_cfg(group, topics=(topic,), start="committed"))
+        assert_that(recs | beam.Map(lambda r: r.value), equal_to([b"new%d" % i for i in range(20)]))
+
+
+def test_max_records_is_a_total_across_partitions(kafka, topic_prefix):
+    topic = f"{topic_prefix}.in"
+    create_topics([topic], partitions=4)
+    produce(topic, [b"%d" % i for i in range(100)])
+    with beam.Pipeline(options=FNAPI) as p:
+        n = p | ReadFromKafka(_cfg(f"{topic_prefix}-g", topics=(topic,), max_records=37)) | beam.combiners.Count.Globally()
+        assert_that(n, equal_to([37]))
+
+
+def test_topic_pattern_reads_matching_topics_only(kafka, topic_prefix):
+    a, b, other = f"{topic_prefix}.ingest.a", f"{topic_prefix}.ingest.b", f"{topic_prefix}.other"
+    create_topics([a, b, other])
+    produce(a, [b"a"] * 5)
+    produce(b, [b"b"] * 7)
+    produce(other, [b"x"] * 3)
+    cfg = _cfg(f"{topic_prefix}-g", topic_pattern=rf"^{topic_prefix}\.ingest\..*")
+    with beam.Pipeline(options=FNAPI) as p:
+        recs = p | ReadFromKafka(cfg)
+        assert_that(recs | beam.Map(lambda r: r.topic) | beam.combiners.Count.PerElement(), equal_to([(a, 5), (b, 7)]))
+
+
+def test_unknown_topic_is_a_clear_error_naming_it(kafka, topic_prefix):
+    with pytest.raises(KafkaReadError, match=f"{topic_prefix}.missing"):
+        list_partitions(_cfg("g", topics=(f"{topic_prefix}.missing",)))
+
+
+def test_bad_source_config_names_the_key():
+    from transforms.kafkaio import validate_read_config
+
+    with pytest.raises(ConfigError, match="source.topics"):
+        validate_read_config(ReadConfig())
+    with pytest.raises(ConfigError, match="source.topic_pattern"):
+        validate_read_config(ReadConfig(topic_pattern="(["))
+    with pytest.raises(ConfigError, match="source.start"):
+        validate_read_config(ReadConfig(topics=("a",), start="beginning"))
+
+
+def test_write_routes_per_record_topic_with_headers(kafka, topic_prefix):
+    t1, t2 = f"{topic_prefix}.out.A", f"{topic_prefix}.out.B"
+    create_topics([t1, t2])
+    msgs = [KafkaMessage(t1 if i % 3 else t2, b"app", b"m%d" % i, (("traceparent", b"tp%d" % i),)) for i in range(60)]
+    with beam.Pipeline(options=FNAPI) as p:
+        _ = p | beam.Create(msgs) | WriteToKafka({"bootstrap.servers": BOOTSTRAP})
+    got1, got2 = read_all(t1), read_all(t2)
+    assert sorted(m.value() for m in got1) == sorted(m.value for m in msgs if m.topic == t1)
+    assert sorted(m.value() for m in got2) == sorted(m.value for m in msgs if m.topic == t2)
+    assert all(m.headers()[0][0] == "traceparent" and m.key() == b"app" for m in got1 + got2)
+
+
+def test_write_fails_the_bundle_when_records_are_not_acknowledged(kafka, topic_prefix):
+    # A topic name the broker rejects: delivery fails, so the bundle must fail (the runner would retry).
+    with pytest.raises(Exception, match="delivery errors|unacknowledged"):
+        with beam.Pipeline(options=FNAPI) as p:
+            _ = p | beam.Create([KafkaMessage("bad topic name!", None, b"x")]) | WriteToKafka(
+                {"bootstrap.servers": BOOTSTRAP, "message.timeout.ms": 3000}
+            )
