@@ -113,6 +113,8 @@ EOF
         <default>
             <max_memory_usage>4000000000</max_memory_usage>
             <load_balancing>random</load_balancing>
+            <!-- system.query_log: operators (and tests) can see every INSERT the sink made. -->
+            <log_queries>1</log_queries>
         </default>
     </profiles>
     <users>

@@ -57,9 +57,10 @@ class SinkRejected(Exception):
 
 
 def _src_of(layout: TableLayout, row: tuple) -> tuple[Any, Any, Any, Any]:
-    if layout is EVENTS:
+    # By name: layouts are pickled into the DoFns, so identity checks would fail in workers.
+    if layout.name == EVENTS.name:
         return row[16], row[17], row[18], row[19]
-    if layout is DEAD_LETTERS:
+    if layout.name == DEAD_LETTERS.name:
         return row[3], row[4], row[5], row[6]
     return None, None, None, None
 

@@ -102,11 +102,32 @@ def chdb_session(path: str) -> Any:
                 other = next(iter(_chdb_sessions))
                 raise RuntimeError(f"chdb is already open on {other} in this process; one path per process "
                                    f"(close_chdb() first)")
-            session = chdb_session_mod.Session(path)
+            session = _open_chdb(chdb_session_mod, path)
             # Plain JSON numbers for 64-bit ints in execute() results.
             session.query("SET output_format_json_quote_64bit_integers = 0")
             _chdb_sessions[path] = session
         return session
+
+
+def _open_chdb(mod: Any, path: str) -> Any:
+    """Open a chdb session; on failure raise with the reason chdb printed to fd 2 (its exception only says
+    "Error initializing EmbeddedServer", while stderr says e.g. "Cannot lock file .../status")."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            return mod.Session(path)
+        except Exception as exc:
+            os.dup2(saved, 2)
+            err.seek(0)
+            printed = " ".join(err.read().decode("utf-8", "replace").split())[:500]
+            raise RuntimeError(f"cannot open chdb at {path}: {printed or exc}") from exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def close_chdb(path: str | None = None) -> None:
