@@ -203,6 +203,8 @@ class Classifier:
         best, via_re = self._none, False
         for name, text in fields.items():
             if text:
+                if not isinstance(text, str):  # same error whichever engine runs
+                    raise TypeError(f"field {name!r} is {type(text).__name__}, not str")
                 k, by_re = self._best_text(text, name, best)
                 if k < best:
                     best, via_re = k, by_re
@@ -257,7 +259,9 @@ class Classifier:
             for text in ev["fields"].values():
                 if not text:
                     continue
-                if not text.isascii():
+                if text.__class__ is not str or not text.isascii():
+                    if not isinstance(text, str):
+                        self.classify(ev)  # raises the single-event path's TypeError naming the field
                     k, by_re = best_text(text, None, best)
                     if k < best:
                         best, res = k, (res_re if by_re else res_hs)
