@@ -203,7 +203,7 @@ def test_early_on_time_late_and_dropped_panes(direct_metrics_fix):
               .add_elements([tv(4_000, "d3", 100, 70)])   # late, within lateness: count 4
               .add_elements([tv(70_000, "d1", 5, 71)])    # next window, on time
               .advance_watermark_to(200)
-              .add_elements([tv(5_000, "d4", 50, 200)])   # late again: count 5
+              .add_elements([tv(5_000, "d4", 50, 200), tv(5_500, "d6", 60, 200)])  # 2 late: count 6
               .advance_watermark_to(400)            # past 60 + 300: window [0, 60) is closed
               .add_elements([tv(6_000, "d5", 1000, 400)])  # beyond lateness: dropped, counted
               .advance_watermark_to_infinity())
@@ -218,13 +218,13 @@ def test_early_on_time_late_and_dropped_panes(direct_metrics_fix):
     first = sorted((r for r in got if r["window_start"] == 0), key=lambda r: r["pane_index"])
     assert [(r["pane"], r["pane_index"], r["count"], r["distinct_devices"], r["max"]) for r in first] == [
         ("EARLY", 0, 2, 2, 2.0), ("ON_TIME", 1, 3, 2, 3.0),
-        ("LATE", 2, 4, 3, 100.0), ("LATE", 3, 5, 4, 100.0)]
+        ("LATE", 2, 4, 3, 100.0), ("LATE", 3, 6, 5, 100.0)]
     versions = [r["version"] for r in first]
     assert versions == sorted(versions) and len(set(versions)) == 4  # newest pane wins in ReplacingMergeTree
-    assert first[-1]["p50"] == 3.0 and first[-1]["p95"] == 100.0
+    assert first[-1]["p50"] == 3.0 and first[-1]["p95"] == 100.0  # of 1, 2, 3, 50, 60, 100
     second = [r for r in got if r["window_start"] == 60_000]
     assert [(r["pane"], r["count"]) for r in second] == [("ON_TIME", 1)]
     c = counters_of(result)
-    assert c["late_events"] == 2
+    assert c["late_events"] == 3
     assert c["beyond_lateness"] == 1
     assert (c["panes.EARLY"], c["panes.ON_TIME"], c["panes.LATE"]) == (1, 2, 2)
