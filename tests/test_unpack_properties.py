@@ -127,3 +127,13 @@ def test_dofn_never_raises(element):
         assert offsets == set(range(n))
     else:
         assert len(out) == 1 and out[0].tag == DLQ_TAG and out[0].value["code"] == "INTERNAL_ERROR"
+
+
+@SETTINGS
+@given(st.fixed_dictionaries({"headers": ITEMS | JSONISH, "logs": ITEMS | JSONISH}))
+def test_logs_envelope_one_event_or_one_dead_letter(obj):
+    events, dls = Unpacker(CFG).unpack(record(orjson.dumps(obj)))
+    check_accounting(events, dls)
+    assert len(events) + len(dls) == 1
+    if events:
+        assert events[0]["envelope"] == "logs"
