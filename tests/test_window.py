@@ -228,3 +228,12 @@ def test_early_on_time_late_and_dropped_panes(direct_metrics_fix):
     assert c["late_events"] == 3
     assert c["beyond_lateness"] == 1
     assert (c["panes.EARLY"], c["panes.ON_TIME"], c["panes.LATE"]) == (1, 2, 2)
+
+
+def test_foreign_shapes_do_not_break_the_key_coder():
+    events = [{"event_time": 1_000, "app_id": 42, "category": None, "device_id": 7, "duration_ms": 1},
+              {"event_time": 2_000, "app_id": "42", "device_id": "7", "attrs": None, "duration_ms": 3}]
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        rows = p | beam.Create(events) | WindowMetrics()
+        got = rows | beam.Map(lambda r: (r["category"], r["app_id"], r["count"], r["distinct_devices"]))
+        assert_that(got, equal_to([("", "42", 2, 1)]))

@@ -192,16 +192,23 @@ class _KeyByCategoryApp(beam.DoFn):
         self._beyond = Metrics.counter(METRICS_NAMESPACE, "beyond_lateness")
 
     def process(self, ev: dict, timestamp=beam.DoFn.TimestampParam):
-        et = ev["event_time"]
+        et = ev.get("event_time")
+        if type(et) is not int:
+            et = timestamp.micros // 1000  # not an unpacked event: keep its element time
         f = self._field
-        v = ev[f] if f in ev else ev["attrs"].get(f)
+        v = ev[f] if f in ev else (ev.get("attrs") or {}).get(f)
         if type(v) is not float and type(v) is not int:
             v = None  # bools, strings and absent values are not measurements
         # Window end of this event vs its source timestamp (see module doc: an upper bound).
         if timestamp.micros // 1000 > et - et % self._size_ms + self._size_ms + self._lateness_ms:
             self._beyond.inc()
-        yield window.TimestampedValue(
-            ((ev.get("category") or "", ev["app_id"]), (ev["device_id"], v)), et / 1000.0)
+        cat = ev.get("category") or ""
+        app = ev.get("app_id") or ""
+        dev = ev.get("device_id") or ""
+        # The key coder is str-only (deterministic, for state) and devices go into a set.
+        if type(cat) is not str or type(app) is not str or type(dev) is not str:
+            cat, app, dev = str(cat), str(app), str(dev)
+        yield window.TimestampedValue(((cat, app), (dev, v)), et / 1000.0)
 
 
 class _FormatPane(beam.DoFn):
