@@ -206,8 +206,8 @@ class _ToRows(beam.DoFn):
                 partition=partition, offset=offset, index=index, payload=payload, stage=STAGE))
             return
         if self.keyed:
-            self._n += 1
-            yield (self._n % self.shards, row)
+            n = self._n = self._n + 1
+            yield n % self.shards, row
         else:
             yield row
 

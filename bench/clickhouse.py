@@ -1,0 +1,144 @@
+"""Benchmark of the ClickHouse sink's insert path against a bare client insert of the same batches.
+
+    python -m bench.clickhouse --rows 1000000 --json [--targets server,chdb] [--batch-rows 50000]
+
+Per batch of events (generated outside the timings):
+  sink:  the sink's own DoFn code: _ToRows.process per event (dict -> keyed row), the batch list, then
+         _InsertBatches.process (dedup token, retry wrapper, metrics, ONE client insert)  -> db bench_sink
+  floor: the client's insert of rows built beforehand (no conversion, no sink code)        -> db bench_floor
+Both run interleaved batch by batch, so background merges and a busy machine hit both alike.
+Prints ONE JSON object: {"server": {"rows_per_s", "floor_rows_per_s", "ratio"}, "chdb": {...}, ...}.
+Progress goes to stderr. The server target starts the local server (scripts/clickhouse.sh up) if needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000_000
+
+
+def make_events(start: int, n: int) -> list[dict]:
+    """Events shaped like unpack+classify output (about 330 B of JSON each)."""
+    out = []
+    for i in range(start, start + n):
+        out.append({
+            "event_id": hashlib.blake2b(f"bench:{i % 8}:{i}:0".encode(), digest_size=16).hexdigest(),
+            "event_time": T0 + i, "ingest_time": T0 + i + 900, "app_id": f"com.example.app{i % 20}",
+            "event_name": "crash", "platform": "android", "device_id": f"dev{i % 5000}",
+            "duration_ms": None if i % 3 else (i % 1000) / 3,
+            "fields": {"message": f"FATAL EXCEPTION: main java.lang.NullPointerException at {i}",
+                       "stack": "at com.example.Foo.bar(Foo.java:12)"},
+            "attrs": {"ip": "203.0.113.7", "sdk_version": "3.2.1", "os_version": "13"},
+            "traceparent": None, "src": ["perf.upload", i % 8, i, 0], "envelope": "upload",
+            "category": "PERF_CRASH", "rule_id": f"r{i % 40}", "engine": "hyperscan",
+        })
+    return out
+
+
+def log(msg: str) -> None:
+    print(f"bench.clickhouse: {msg}", file=sys.stderr, flush=True)
+
+
+def bench_target(name: str, url: str, rows: int, batch_rows: int) -> dict:
+    from transforms.clickhouse import _InsertBatches, _ToRows, validate_clickhouse_config
+    from transforms.clickhouse_client import connect
+    from transforms.clickhouse_rows import EVENTS
+    from transforms.clickhouse_schema import ensure_schema
+
+    sink_cfg = validate_clickhouse_config({"url": url, "database": "bench_sink", "batch_rows": batch_rows})
+    floor_cfg = validate_clickhouse_config({"url": url, "database": "bench_floor", "batch_rows": batch_rows})
+    client = connect(floor_cfg)
+    for db in ("bench_sink", "bench_floor"):
+        client.execute(f"DROP DATABASE IF EXISTS `{db}`")
+    ensure_schema(sink_cfg, force=True)
+    ensure_schema(floor_cfg, client, force=True)
+    log(f"{name}: ClickHouse {'.'.join(map(str, client.version))}, {rows} rows in batches of {batch_rows}")
+
+    to_rows = _ToRows(EVENTS, sink_cfg.shards, keyed=True)
+    to_rows.setup()
+    insert = _InsertBatches(sink_cfg, EVENTS, create_schema=False)
+    insert.setup()
+    insert._writer.client()  # connect outside the timings, as the floor's client is
+    layout = EVENTS
+    t_sink = t_floor = 0.0
+    done = 0
+    while done < rows:
+        n = min(batch_rows, rows - done)
+        events = make_events(done, n)
+        prebuilt = [layout.to_row(e) for e in events]
+        # Alternate which side goes first, so neither always pays for the merges the other started.
+        for side in (("floor", "sink") if (done // batch_rows) % 2 == 0 else ("sink", "floor")):
+            t = time.perf_counter()
+            if side == "floor":  # the bare client insert of pre-built rows
+                client.insert(layout.name, layout.columns, prebuilt, types=layout.types)
+                t_floor += time.perf_counter() - t
+            else:  # the sink: per-element conversion + keying, the batch, the batch DoFn
+                batch = []
+                append = batch.append
+                for e in events:
+                    for keyed in to_rows.process(e):
+                        append(keyed[1])
+                dead = list(insert.process((0, batch)))
+                t_sink += time.perf_counter() - t
+        if dead:
+            raise RuntimeError(f"{name}: sink rejected rows: {dead[0]['reason']}")
+        done += n
+        log(f"{name}: {done}/{rows}  sink {done / t_sink:,.0f} rows/s  floor {done / t_floor:,.0f} rows/s")
+    counts = [client.execute(f"SELECT count() FROM `{db}`.events")[0][0]
+              for db in ("bench_sink", "bench_floor")]
+    if counts != [rows, rows]:
+        raise RuntimeError(f"{name}: expected {rows} rows in each table, found {counts}")
+    insert.teardown()
+    for db in ("bench_sink", "bench_floor"):
+        client.execute(f"DROP DATABASE IF EXISTS `{db}`")
+    client.close()
+    sink_rate, floor_rate = rows / t_sink, rows / t_floor
+    return {"rows_per_s": round(sink_rate), "floor_rows_per_s": round(floor_rate),
+            "ratio": round(sink_rate / floor_rate, 3), "version": ".".join(map(str, client.version))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.clickhouse", description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--batch-rows", type=int, default=50_000)
+    ap.add_argument("--targets", default="server,chdb", help="comma list of: server, chdb")
+    ap.add_argument("--server-url", default=f"clickhouse://default@127.0.0.1:"
+                                            f"{os.environ.get('CLICKHOUSE_TCP_PORT', '9000')}")
+    ap.add_argument("--chdb-path", default=str(ROOT / ".run" / "bench-chdb"))
+    ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+    args = ap.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    out: dict = {"rows": args.rows, "batch_rows": args.batch_rows, "target_ratio": 0.7}
+    for name in targets:
+        if name == "server":
+            res = subprocess.run(["bash", str(ROOT / "scripts" / "clickhouse.sh"), "up"], capture_output=True,
+                                 text=True, timeout=300)
+            if res.returncode != 0:
+                raise SystemExit(f"bench.clickhouse: server did not start:\n{res.stderr}")
+            out[name] = bench_target(name, args.server_url, args.rows, args.batch_rows)
+        elif name == "chdb":
+            shutil.rmtree(args.chdb_path, ignore_errors=True)
+            out[name] = bench_target(name, f"chdb://{args.chdb_path}", args.rows, args.batch_rows)
+            from transforms.clickhouse_client import close_chdb
+
+            close_chdb()
+            shutil.rmtree(args.chdb_path, ignore_errors=True)
+        else:
+            raise SystemExit(f"bench.clickhouse: unknown target {name!r} (server, chdb)")
+        log(f"{name}: {out[name]}")
+    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
