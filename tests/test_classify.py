@@ -277,6 +277,12 @@ def test_batch_equals_single_event_path():
     batch = hs.classify_batch(evs)
     single = [hs.classify(e) for e in evs]
     assert batch == single
+    general = [{**e, **dict(zip(("category", "rule_id", "engine"), hs.classify_fields(e["fields"]),
+                                strict=True))} for e in evs]
+    assert batch == general
+    owned = [dict(e) for e in evs]
+    assert hs.classify_batch(owned, inplace=True) == batch and owned == batch  # annotated in place
+    assert all("category" not in e for e in evs)  # the default never touches its input
     assert [e["rule_id"] for e in batch] == [e["rule_id"] for e in rx.classify_batch(evs)]
     assert [e["category"] for e in batch] == ["PERF_CRASH", "PERF_CRASH", "UNCLASSIFIED", "PERF_LAG",
                                               "PERF_NETWORK", "PERF_OOM", "PERF_CRASH"]

@@ -227,21 +227,28 @@ class Classifier:
 
     def classify(self, event: dict[str, Any]) -> dict[str, Any]:
         """A copy of `event` with category, rule_id and engine added."""
+        if self._db is not None and not self._restricted:
+            return self.classify_batch((event,))[0]
+        return self._classify_general(event, False)
+
+    def _classify_general(self, event: dict[str, Any], inplace: bool) -> dict[str, Any]:
         cat, rid, eng = self._result(*self._best_fields(event["fields"]))
-        out = dict(event)
+        out = event if inplace else event.copy()
         out["category"] = cat
         out["rule_id"] = rid
         out["engine"] = eng
         return out
 
-    def classify_batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Fast path: classify many events (copies, like classify) with per-call work hoisted out.
+    def classify_batch(self, events, inplace: bool = False) -> list[dict[str, Any]]:
+        """Fast path: classify many events with the per-call work hoisted out of the loop.
 
-        Same decisions as `classify`; specialised for the common case (hyperscan engine, no
-        field-restricted rules, valid UTF-8 text) and falls back to the general path otherwise.
+        Returns copies like `classify`; `inplace=True` annotates and returns the given dicts instead
+        (for a caller that owns them, e.g. right after unpacking; never on a Beam input element).
+        Same decisions as `classify_fields`; specialised for the common case (hyperscan engine, no
+        field-restricted rules, ASCII text) and using the general path for the rest.
         """
         if self._db is None or self._restricted:
-            return [self.classify(ev) for ev in events]
+            return [self._classify_general(ev, inplace) for ev in events]
         none = self._none
         default = self._default
         res_hs, res_re = self._res_hs, self._res_re
@@ -272,14 +279,16 @@ class Classifier:
                     k = min(hits)
                     if k < best:
                         best, res = k, res_hs
-                for k, rx, _ in re_ascii:
-                    if k >= best:
-                        break
-                    if rx.search(text):
-                        best, res = k, res_re
-                        break
+                if re_ascii:
+                    for k, rx, _ in re_ascii:
+                        if k >= best:
+                            break
+                        if rx.search(text):
+                            best, res = k, res_re
+                            break
             cat, rid, eng = default if best == none else res[best]
-            ev = dict(ev)
+            if not inplace:
+                ev = ev.copy()
             ev["category"] = cat
             ev["rule_id"] = rid
             ev["engine"] = eng

@@ -1,0 +1,229 @@
+"""Kernel benchmark: unpack + validate + classify in one process, against the bare floor.
+
+    python -m bench.kernel --events 200000 --json
+
+Events: KafkaRecords whose values are upload envelopes (1-4 items) or single JSON objects, with the
+`Content` lines of all Loghub sets as `message`. Rules: every Loghub templates file imported together
+(531 rules). Measured in the same run, on the same records and the same Hyperscan database:
+  - kernel: Unpacker.unpack_batch + Classifier.classify_batch over chunks of records (classified
+    copies, as the Beam DoFn makes; `events_per_s_inplace`: annotating unpack's fresh dicts instead);
+  - floor:  orjson.loads + one Hyperscan scan per event (smallest matching id) in a plain loop;
+  - re:     the same kernel with the `re` engine, on a smaller sample.
+Each timed part runs `--repeat` times, interleaved; the best run counts (least disturbed by the
+other processes on a shared machine). Prints ONE JSON object on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGHUB = (ROOT / ".." / "shared" / "data" / "loghub").resolve()
+TOPIC = "bench.events"
+
+
+def progress(msg: str) -> None:
+    print(f"[bench.kernel] {msg}", file=sys.stderr, flush=True)
+
+
+def load_loghub() -> tuple[list, list[tuple[str, str]]]:
+    """(rules of all templates files, [(Content, expected category)] of all labeled lines)."""
+    from transforms.classify_templates import read_labeled, rules_from_templates, set_name
+
+    if not LOGHUB.is_dir():
+        raise SystemExit(f"Loghub data missing: {LOGHUB}")
+    rules, lines = [], []
+    for d in sorted(p for p in LOGHUB.iterdir() if p.is_dir()):
+        tpl, lab = next(d.glob("*_templates.csv")), next(d.glob("*_structured.csv"))
+        prefix = f"{set_name(str(tpl))}."
+        rules.extend(rules_from_templates(str(tpl), prefix))
+        lines.extend((c, prefix + e) for c, e in read_labeled(str(lab)))
+    return rules, lines
+
+
+def make_records(n_events: int, lines: list[tuple[str, str]], seed: int = 7):
+    """KafkaRecords holding exactly n_events events, and the expected category of each, in order."""
+    from transforms.common import KafkaRecord
+
+    rnd = random.Random(seed)
+    now = int(time.time() * 1000)
+    platforms = ("android", "ios", "server")
+    records, expected = [], []
+    offset = 0
+    made = 0
+    while made < n_events:
+        n = min(rnd.choice((1, 1, 2, 3, 4)), n_events - made)
+        picks = [rnd.choice(lines) for _ in range(n)]
+        items = [{"id": f"e-{made + i}", "timestamp": now - rnd.randint(0, 60_000), "ip": "203.0.113.7",
+                  "message": content, "duration_ms": rnd.randint(1, 2000)}
+                 for i, (content, _) in enumerate(picks)]
+        if rnd.random() < 0.5:
+            meta = {"app_id": "com.example.game", "platform": rnd.choice(platforms), "sdk_version": "3.2.1",
+                    "os_version": "13", "device_id": f"d{rnd.randint(1, 999)}"}
+            value = {"meta": meta, "data": items}
+        else:  # a single JSON object per record
+            picks = picks[:1]
+            value = {**items[0], "app_id": "com.example.game", "platform": rnd.choice(platforms)}
+        records.append(KafkaRecord(TOPIC, offset % 8, offset, now, None, orjson.dumps(value)))
+        expected.extend(cat for _, cat in picks)
+        made += len(picks)
+        offset += 1
+    return records, expected
+
+
+def run_kernel(unpacker, clf, records, expected, chunk: int, inplace: bool = False) -> tuple[float, int, int]:
+    """(seconds, events, correctly classified) for unpack+validate+classify of all records in chunks.
+
+    Outputs are checked and dropped chunk by chunk, as downstream stages would consume them.
+    """
+    n = correct = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(records), chunk):
+        events, dls = unpacker.unpack_batch(records[i:i + chunk])
+        if dls:
+            raise SystemExit(f"unexpected dead letters: {dls[:2]}")
+        out = clf.classify_batch(events, inplace=inplace)
+        want = expected[n:n + len(out)]
+        correct += sum(e["category"] == w for e, w in zip(out, want, strict=True))
+        n += len(out)
+    return time.perf_counter() - t0, n, correct
+
+
+def run_floor(db, records) -> tuple[float, int]:
+    """orjson.loads + one scan per event, keeping the smallest matching id: the least work possible."""
+    hits: list[int] = []
+    app = hits.append
+
+    def on_match(i, a, b, c, d):
+        app(i)
+
+    loads = orjson.loads
+    scan = db.scan
+    clear = hits.clear
+    n = 0
+    t0 = time.perf_counter()
+    for rec in records:
+        obj = loads(rec.value)
+        data = obj.get("data")
+        for item in (data if data is not None else (obj,)):
+            clear()
+            scan(item["message"].encode(), match_event_handler=on_match)
+            if hits:
+                min(hits)
+            n += 1
+    return time.perf_counter() - t0, n
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.kernel", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--re-events", type=int, default=5_000, help="sample size for the re engine")
+    ap.add_argument("--chunk", type=int, default=500, help="records per unpack/classify batch")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
+    args = ap.parse_args(argv)
+
+    from transforms.classify import Classifier
+    from transforms.unpack import Unpacker, validate_unpack_config
+
+    progress("loading Loghub templates and lines")
+    rules, lines = load_loghub()
+    t0 = time.perf_counter()
+    clf = Classifier(rules, engine="hyperscan")
+    compile_s = time.perf_counter() - t0
+    progress(f"{len(rules)} rules compiled in {compile_s:.2f} s ({len(clf.fallback)} on re)")
+    records, expected = make_records(args.events, lines)
+    progress(f"{len(records)} records, {len(expected)} events, "
+             f"{sum(len(r.value) for r in records) / len(records):.0f} B per record")
+    unpacker = Unpacker(validate_unpack_config(None))
+
+    # Long-lived inputs out of the collector's way (same for every measured loop).
+    gc.collect()
+    gc.freeze()
+    kernel_s, inplace_s, floor_s = [], [], []
+    correct = 0
+    for r in range(args.repeat):
+        s, n, correct = run_kernel(unpacker, clf, records, expected, args.chunk)
+        if n != len(expected):
+            raise SystemExit(f"kernel lost events: {n} out, {len(expected)} expected")
+        kernel_s.append(s)
+        s, _, _ = run_kernel(unpacker, clf, records, expected, args.chunk, inplace=True)
+        inplace_s.append(s)
+        s, n = run_floor(clf._db, records)
+        assert n == len(expected)
+        floor_s.append(s)
+        progress(f"run {r + 1}: kernel {n / kernel_s[-1]:,.0f} ev/s (in place {n / inplace_s[-1]:,.0f}), "
+                 f"floor {n / floor_s[-1]:,.0f} ev/s")
+
+    # Where the kernel time goes (same chunks; best of the repeats).
+    unpack_s, classify_s = [], []
+    for _ in range(args.repeat):
+        u_s = c_s = 0.0
+        for i in range(0, len(records), args.chunk):
+            t0 = time.perf_counter()
+            events, _ = unpacker.unpack_batch(records[i:i + args.chunk])
+            t1 = time.perf_counter()
+            clf.classify_batch(events)
+            u_s += t1 - t0
+            c_s += time.perf_counter() - t1
+        unpack_s.append(u_s)
+        classify_s.append(c_s)
+
+    n_re = min(args.re_events, len(records))
+    progress(f"re engine on {n_re} records")
+    rx = Classifier(rules, engine="re")
+    re_s, re_n, re_correct = run_kernel(unpacker, rx, records[:n_re], expected, args.chunk)
+
+    n = len(expected)
+    best_kernel, best_floor = min(kernel_s), min(floor_s)
+    result: dict[str, Any] = {
+        "events_per_s": round(n / best_kernel),
+        "floor_events_per_s": round(n / best_floor),
+        "ratio": round(best_floor / best_kernel, 3),
+        "re_events_per_s": round(re_n / re_s),
+        "rules": len(rules),
+        "re_fallback_rules": len(clf.fallback),
+        "events": n,
+        "records": len(records),
+        "re_events": re_n,
+        "accuracy": round(correct / n, 5),
+        "re_accuracy": round(re_correct / re_n, 5),
+        "events_per_s_inplace": round(n / min(inplace_s)),
+        "ratio_inplace": round(best_floor / min(inplace_s), 3),
+        "unpack_events_per_s": round(n / min(unpack_s)),
+        "classify_events_per_s": round(n / min(classify_s)),
+        "kernel_runs_s": [round(s, 3) for s in kernel_s],
+        "floor_runs_s": [round(s, 3) for s in floor_s],
+        "compile_s": round(compile_s, 3),
+        "chunk": args.chunk,
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
