@@ -176,6 +176,23 @@ def test_config_defaults_and_errors(tmp_path, monkeypatch):
     assert err.value.key == "sinks.clickhouse.password_env"
 
 
+def test_event_row_fast_and_lenient_paths():
+    from transforms.clickhouse_rows import EVENTS, event_row
+
+    e = make_event(3)
+    row = event_row(e)
+    assert len(row) == len(EVENTS.columns)
+    got = dict(zip(EVENTS.columns, row, strict=True))
+    assert got["event_time"] == e["event_time"] // 1000 and got["message"] == "boom 3 é"
+    assert (got["src_topic"], got["src_offset"], got["version"]) == ("t", 3, e["ingest_time"])
+    # Foreign shapes (missing optional keys, non-str JSON keys) take the slow path instead of failing.
+    odd = event_row({"event_id": "x", "event_time": 1500, "attrs": {1: 2}, "fields": {"content": "c"}})
+    odd = dict(zip(EVENTS.columns, odd, strict=True))
+    assert (odd["attrs"], odd["message"], odd["src_offset"], odd["app_id"]) == ('{"1":2}', "c", -1, "")
+    with pytest.raises(KeyError):
+        event_row({"event_time": 1500})
+
+
 # --- schema ------------------------------------------------------------------------------------------------
 
 def test_schema_matches_row_layouts(target):

@@ -45,20 +45,44 @@ def event_row(e: dict[str, Any]) -> tuple:
     The hot path of the sink: itemgetter and tuple unpacking instead of per-key .get(); a missing key
     raises KeyError and the event becomes a dead letter.
     """
+    try:
+        ms = e["event_time"]
+        ingest = e["ingest_time"]
+        fields = e["fields"]
+        return (
+            e["event_id"], ms // 1000, ms, ingest,
+            *_event_strings(e),  # app_id, event_name, platform, device_id, category, rule_id, engine
+            e.get("duration_ms"),
+            _message(fields),
+            # decode() on purpose: keeping many orjson bytes objects alive is ~10x slower (their allocation
+            # is oversized), and both clients take str for String.
+            _dumps(fields).decode(),
+            _dumps(e["attrs"]).decode(),
+            e.get("traceparent") or "",
+            *e["src"],  # src_topic, src_partition, src_offset, src_index
+            e.get("version", ingest),
+        )
+    except (KeyError, TypeError, ValueError):
+        return _event_row_lenient(e)
+
+
+def _event_row_lenient(e: dict[str, Any]) -> tuple:
+    """Slow path for events missing optional keys or with non-str JSON keys; event_id and event_time stay
+    required (KeyError -> dead letter)."""
     ms = e["event_time"]
-    ingest = e["ingest_time"]
-    fields = e["fields"]
+    ingest = e.get("ingest_time") or 0
+    fields = e.get("fields") or {}
+    src = e.get("src") or ("", -1, -1, -1)
     return (
         e["event_id"], ms // 1000, ms, ingest,
-        *_event_strings(e),  # app_id, event_name, platform, device_id, category, rule_id, engine
+        *(e.get(k) or "" for k in ("app_id", "event_name", "platform", "device_id", "category", "rule_id",
+                                   "engine")),
         e.get("duration_ms"),
         _message(fields),
-        # decode() on purpose: keeping many orjson bytes objects alive is ~10x slower (their allocation
-        # is oversized), and both clients take str for String.
-        _dumps(fields).decode(),
-        _dumps(e["attrs"]).decode(),
+        _dumps(fields, option=_OPT).decode(),
+        _dumps(e.get("attrs") or {}, option=_OPT).decode(),
         e.get("traceparent") or "",
-        *e["src"],  # src_topic, src_partition, src_offset, src_index
+        *src,
         e.get("version", ingest),
     )
 
