@@ -13,12 +13,16 @@ Lateness accounting:
   - `window.late_events`: elements that arrived after the watermark passed the window end but
     within the allowed lateness; counted exactly from LATE panes (count delta against the last
     pane of the same window/key, kept in per-key-and-window state).
-  - Beyond the allowed lateness the runner drops the element from THIS aggregate silently (the
-    Python runners have no dropped-element counter). The raw event still reaches its Kafka topic
-    and the events table; only the aggregate misses it. `window.beyond_lateness` counts elements
-    whose source timestamp (the Kafka record time the watermark follows) is already past
-    window end + allowed lateness. The watermark never exceeds a pending element's source
-    timestamp, so this is an upper bound of what is dropped; in steady state it is the number.
+  - Beyond the allowed lateness: an element whose source timestamp (the Kafka record time the
+    watermark follows) is later than its window's end + allowed lateness is dropped HERE, before
+    the aggregation, and counted in `window.beyond_lateness`. The watermark never passes a
+    pending element's source timestamp, so the runner would drop (almost) the same elements;
+    doing it ourselves makes the rule exact, countable and the same in batch and streaming,
+    and protects the aggregate from runners that do not drop expired data (Prism 2.77 starts a
+    fresh count-1 accumulator for an expired window, whose newer version would then replace the
+    real row). The raw event still reaches its Kafka topic and the events table; only the
+    aggregate misses it. A runner may still drop a few more when its watermark is ahead of an
+    element's source time (not counted: the Python SDK exposes no counter for that).
 
 Quantiles: values are kept exactly up to `quantile_sample_size` per window/key; above that a
 bottom-k sample by random priority (k = sample size) is kept, which is a uniform sample that merges
@@ -199,9 +203,10 @@ class _KeyByCategoryApp(beam.DoFn):
         v = ev[f] if f in ev else (ev.get("attrs") or {}).get(f)
         if type(v) is not float and type(v) is not int:
             v = None  # bools, strings and absent values are not measurements
-        # Window end of this event vs its source timestamp (see module doc: an upper bound).
+        # Past its window's end + allowed lateness by source time: dropped here (see module doc).
         if timestamp.micros // 1000 > et - et % self._size_ms + self._size_ms + self._lateness_ms:
             self._beyond.inc()
+            return
         cat = ev.get("category") or ""
         app = ev.get("app_id") or ""
         dev = ev.get("device_id") or ""
