@@ -70,8 +70,14 @@ def produce_mix(bootstrap: str, topics: dict[str, str], messages: int, seed: int
     gen = Generator(seed=seed)
     events = dead = 0
     shapes: Counter = Counter()
-    with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("producing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("produce", total=messages)
         for i, msg in enumerate(gen.mix(messages)):
             producer.produce(topics[msg.topic], msg.value, msg.key, headers=msg.headers or None)
@@ -89,8 +95,11 @@ def produce_mix(bootstrap: str, topics: dict[str, str], messages: int, seed: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--messages", type=int, default=3000, help="messages to produce (default %(default)s)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--config", default="config/default.yaml")
@@ -109,21 +118,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         admin.list_topics(timeout=10)
     except Exception as e:
-        console.print(f"[red]error:[/red] Kafka at {bootstrap} does not answer ({e}); start it with ./run.sh kafka-up")
+        console.print(
+            f"[red]error:[/red] Kafka at {bootstrap} does not answer ({e}); start it with ./run.sh kafka-up"
+        )
         return 2
     for fut in admin.create_topics([NewTopic(t, 4) for t in topics.values()]).values():
         fut.result(30)
     categories = cfg.classify.categories()
     out_topics = [topic_name(cfg.routes.topic_template, c) for c in categories]
-    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watch", "enable.auto.commit": False,
-                        "enable.partition.eof": False})
+    watcher = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{group}-watch",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
     # Output topics are created by the pipeline's preflight if missing; ends before = 0 then.
     before = _ends(watcher, out_topics + [cfg.routes.dlq_topic])
 
     t0 = time.time()
     events, expected_dead, shapes = produce_mix(bootstrap, topics, args.messages, args.seed)
-    console.print(f"produced {args.messages} messages ({dict(shapes)}) holding {events} events "
-                  f"in {time.time() - t0:.1f} s to {', '.join(topics.values())}")
+    console.print(
+        f"produced {args.messages} messages ({dict(shapes)}) holding {events} events "
+        f"in {time.time() - t0:.1f} s to {', '.join(topics.values())}"
+    )
 
     from pipeline.run import run_pipeline
 
@@ -135,8 +154,15 @@ def main(argv: list[str] | None = None) -> int:
             done = sum(v - before.get(k, 0) for k, v in now.items())
             console.print(f"  ... {done} / {events} events on output topics", highlight=False)
 
-    pipeline_args = [f"--config={args.config}", f"--topic_pattern={pattern}", "--stop_at_end",
-                     f"--group_id={group}", "--start_from=earliest", f"--runner={args.runner}", *beam_args]
+    pipeline_args = [
+        f"--config={args.config}",
+        f"--topic_pattern={pattern}",
+        "--stop_at_end",
+        f"--group_id={group}",
+        "--start_from=earliest",
+        f"--runner={args.runner}",
+        *beam_args,
+    ]
     console.print(f"running: python -m pipeline {' '.join(pipeline_args)}", highlight=False)
     ticker = threading.Thread(target=progress, daemon=True)
     ticker.start()
@@ -163,8 +189,10 @@ def report(cfg, watcher, before, out_topics, topics, events, expected_dead, elap
             per_topic[t] = len(mine)
     for t, n in per_topic.items():
         per_category[t.split(".", 1)[-1] if "." in t else t] += n
-    dlq = [dead_letter_from_kafka(m.key(), m.value(), m.headers())
-           for m in _read_new(watcher, before, cfg.routes.dlq_topic)]
+    dlq = [
+        dead_letter_from_kafka(m.key(), m.value(), m.headers())
+        for m in _read_new(watcher, before, cfg.routes.dlq_topic)
+    ]
     dlq = [d for d in dlq if d["topic"] in our_topics]
     dlq_codes = Counter(d["code"] for d in dlq)
     watcher.close()
@@ -204,8 +232,10 @@ def report(cfg, watcher, before, out_topics, topics, events, expected_dead, elap
     ok = classified + len(dlq) == events and len(dlq) >= expected_dead
     if ch_rows:
         ok = ok and ch_rows.get("events (FINAL)") == classified
-    summary = (f"produced events {events} = classified {classified} + dead-lettered {len(dlq)}"
-               f"  ({events / elapsed:.0f} events/s through the pipeline, {elapsed:.1f} s)")
+    summary = (
+        f"produced events {events} = classified {classified} + dead-lettered {len(dlq)}"
+        f"  ({events / elapsed:.0f} events/s through the pipeline, {elapsed:.1f} s)"
+    )
     console.print(("[green]OK[/green] " if ok else "[red]MISMATCH[/red] ") + summary, highlight=False)
     return 0 if ok else 1
 
@@ -229,9 +259,15 @@ def _clickhouse_numbers(cfg, our_topics: set[str]) -> tuple[dict[str, Any], list
     db = cfg.clickhouse.database
     in_list = ", ".join("'" + t.replace("'", "") + "'" for t in sorted(our_topics))
     rows = {
-        "events (FINAL)": client.execute(f"SELECT count() FROM {db}.events FINAL WHERE src_topic IN ({in_list})")[0][0],
-        "dead_letters": client.execute(f"SELECT count() FROM {db}.dead_letters WHERE topic IN ({in_list})")[0][0],
-        "window_aggregates (all runs, FINAL)": client.execute(f"SELECT count() FROM {db}.window_aggregates FINAL")[0][0],
+        "events (FINAL)": client.execute(
+            f"SELECT count() FROM {db}.events FINAL WHERE src_topic IN ({in_list})"
+        )[0][0],
+        "dead_letters": client.execute(f"SELECT count() FROM {db}.dead_letters WHERE topic IN ({in_list})")[
+            0
+        ][0],
+        "window_aggregates (all runs, FINAL)": client.execute(
+            f"SELECT count() FROM {db}.window_aggregates FINAL"
+        )[0][0],
     }
     top = client.execute(
         f"SELECT rule_id, category, engine, count() AS n FROM {db}.events FINAL WHERE src_topic IN ({in_list}) "

@@ -38,8 +38,11 @@ def build_from_records(records, cfg: PipelineConfig) -> dict[str, Any]:
         dead_letter_parts.append(
             events | "EventsToClickHouse" >> WriteToClickHouse(cfg.clickhouse, table="events")
         )
+        # Sinks batch across windows: aggregates go back to the global window (their own window
+        # bounds are columns), which also lets their dead letters flatten with the others.
         dead_letter_parts.append(
             aggregates
+            | "AggregatesToGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
             | "AggregatesToClickHouse" >> WriteToClickHouse(cfg.clickhouse, table="window_aggregates")
         )
     dead_letters = dead_letter_parts | "AllDeadLetters" >> beam.Flatten()

@@ -20,7 +20,7 @@ class ClassifierOptions(PipelineOptions):
             "(default: %(default)s)",
         )
         g.add_argument(
-            "--bootstrap_servers",
+            "--kafka_bootstrap",
             default=None,
             help="Kafka bootstrap servers for consumer and producer (overrides kafka.*.bootstrap.servers)",
         )

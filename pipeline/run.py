@@ -46,10 +46,10 @@ def print_help() -> None:
 
 def _overrides(o: ClassifierOptions) -> list[tuple[tuple[str, ...], object]]:
     out: list[tuple[tuple[str, ...], object]] = []
-    if o.bootstrap_servers:
+    if o.kafka_bootstrap:
         out += [
-            (("kafka", "consumer", "bootstrap.servers"), o.bootstrap_servers),
-            (("kafka", "producer", "bootstrap.servers"), o.bootstrap_servers),
+            (("kafka", "consumer", "bootstrap.servers"), o.kafka_bootstrap),
+            (("kafka", "producer", "bootstrap.servers"), o.kafka_bootstrap),
         ]
     if o.group_id:
         out.append((("kafka", "consumer", "group.id"), o.group_id))
