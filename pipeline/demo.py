@@ -144,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         f"in {time.time() - t0:.1f} s to {', '.join(topics.values())}"
     )
 
+    import logging
+
     from pipeline.run import run_pipeline
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
     stop = threading.Event()
 
@@ -181,14 +186,11 @@ def main(argv: list[str] | None = None) -> int:
 def report(cfg, watcher, before, out_topics, topics, events, expected_dead, elapsed) -> int:
     our_topics = set(topics.values())
     per_topic: dict[str, int] = {}
-    per_category: Counter = Counter()
     for t in out_topics:
         msgs = _read_new(watcher, before, t)
         mine = [m for m in msgs if _src_topic(m) in our_topics]
         if mine:
             per_topic[t] = len(mine)
-    for t, n in per_topic.items():
-        per_category[t.split(".", 1)[-1] if "." in t else t] += n
     dlq = [
         dead_letter_from_kafka(m.key(), m.value(), m.headers())
         for m in _read_new(watcher, before, cfg.routes.dlq_topic)
@@ -270,8 +272,8 @@ def _clickhouse_numbers(cfg, our_topics: set[str]) -> tuple[dict[str, Any], list
         )[0][0],
     }
     top = client.execute(
-        f"SELECT rule_id, category, engine, count() AS n FROM {db}.events FINAL WHERE src_topic IN ({in_list}) "
-        "GROUP BY rule_id, category, engine ORDER BY n DESC LIMIT 10"
+        f"SELECT rule_id, category, engine, count() AS n FROM {db}.events FINAL "
+        f"WHERE src_topic IN ({in_list}) GROUP BY rule_id, category, engine ORDER BY n DESC LIMIT 10"
     )
     return rows, top
 

@@ -125,6 +125,7 @@ def run_pipeline(argv: list[str], wait: bool = True):
         print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # our progress lines, not its chatter
     opts = PipelineOptions(argv)
     try:
         cfg = config_from_options(opts)
