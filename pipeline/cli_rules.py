@@ -187,6 +187,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "engine": clf.engine,
         "hyperscan_rules": len(cfg.rules) - len(clf.fallback) if clf.engine == "hyperscan" else 0,
         "re_fallback": clf.fallback,
+        "prefiltered": sorted(clf.prefiltered),
         "ascii_only": sorted(clf.ascii_only),
         "compile_seconds": round(compile_s, 3),
     }
@@ -196,7 +197,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: {res['rules']} rules, engine {res['engine']}, compiled in {compile_s:.2f} s")
     print(f"  on hyperscan: {res['hyperscan_rules']}; on re (fallback): {len(clf.fallback)}")
     for rid, why in clf.fallback.items():
-        print(f"  re fallback  {rid}: {why}")
+        how = "hyperscan prefilters, re confirms its hits" if rid in clf.prefiltered else "re on every text"
+        print(f"  re fallback  {rid}: {why} ({how})")
     for rid in res["ascii_only"]:
         print(f"  ascii only   {rid}: hyperscan on ASCII text, re on other text (Unicode classes or \\b)")
     return 0

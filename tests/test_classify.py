@@ -121,12 +121,29 @@ def test_rejected_patterns_run_on_re_with_hyperscan_error_text():
     hs, rx = both(rl)
     assert hs.fallback == {"backref": "Back-references are unsupported.",
                            "lookahead": "Zero-width assertions are not supported."}
+    # Both still sit in the Hyperscan database in prefilter mode: re only confirms its hits.
+    assert hs.prefiltered == {"backref", "lookahead"}
     assert hs.classify_text("boom boom again") == ("R", "backref", "re")
     assert hs.classify_text("boom bam again") == ("P", "plain", "hyperscan")
     assert hs.classify_text("Traceback: x") == ("L", "lookahead", "re")
     assert hs.classify_text("Traceback: KeyboardInterrupt")[1] == ""
     for t in ("boom boom again", "boom bam again", "Traceback: x", "Traceback KeyboardInterrupt"):
         same(hs, rx, t)
+
+
+def test_rejected_prefilter_hit_lets_the_next_rule_win():
+    rl = rules({"id": "tb", "category": "CRASH", "pattern": r"Traceback(?!.*KeyboardInterrupt)",
+                "priority": 5},
+               {"id": "plain", "category": "ANY", "pattern": "Traceback"},
+               {"id": "backref", "category": "R", "pattern": r"(\w+)-\1", "priority": 1,
+                "fields": ["stack"]})
+    hs, rx = both(rl)
+    assert hs.classify_text("Traceback then KeyboardInterrupt") == ("ANY", "plain", "hyperscan")
+    assert hs.classify_text("Traceback then ValueError") == ("CRASH", "tb", "re")
+    ev = {"fields": {"message": "Traceback KeyboardInterrupt", "stack": "ab-ab"}}
+    assert hs.classify(ev)["rule_id"] == rx.classify(ev)["rule_id"] == "backref"
+    ev = {"fields": {"message": "ab-ab", "stack": "ab-cd"}}  # backref rule only counts in `stack`
+    assert hs.classify(ev)["rule_id"] == rx.classify(ev)["rule_id"] == ""
 
 
 def test_default_rules_exercise_the_re_fallback():
@@ -233,6 +250,31 @@ def test_engines_identical_on_tricky_patterns(tricky_pairs, text):
         a, b = hs.classify_text(text), rx.classify_text(text)
         assert (a[1] != "") == want, (p, text, a)
         assert a[:2] == b[:2], (p, text, a, b)
+
+
+@pytest.fixture(scope="module", params=["all-fields", "some-restricted"])
+def tricky_together(request) -> tuple[Classifier, Classifier]:
+    # All tricky patterns competing in ONE database, with mixed priorities: checks the winner logic
+    # across hyperscan hits, prefilter confirmations, ascii-only rules and plain re rules; the second
+    # variant limits every third rule to the `stack` field (the general, field-aware path).
+    raw = [{"id": f"r{i}", "category": f"C{i}", "pattern": p, "priority": (i * 7) % 5}
+           for i, p in enumerate(TRICKY)]
+    if request.param == "some-restricted":
+        for r in raw[::3]:
+            r["fields"] = ["stack"]
+    return both(rules(*raw))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=texts, field_text=texts)
+def test_engines_identical_with_all_tricky_rules_competing(tricky_together, text, field_text):
+    hs, rx = tricky_together
+    assert hs.classify_text(text)[:2] == rx.classify_text(text)[:2]
+    ev = {"fields": {"message": text, "stack": field_text}}
+    want = rx.classify(ev)
+    assert hs.classify(ev)["rule_id"] == want["rule_id"]
+    assert hs.classify_batch([ev, ev])[1]["rule_id"] == want["rule_id"]
+    assert hs.classify_fields(ev["fields"])[:2] == (want["category"], want["rule_id"])
 
 
 @pytest.mark.parametrize("pattern,text,expected", [

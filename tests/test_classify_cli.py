@@ -77,9 +77,11 @@ def test_check_reports_fallback_with_hyperscan_reason():
     assert res["re_fallback"] == {"java-recursive-stack": "Back-references are unsupported.",
                                   "python-traceback": "Zero-width assertions are not supported."}
     assert res["hyperscan_rules"] == res["rules"] - 2
+    assert res["prefiltered"] == ["java-recursive-stack", "python-traceback"]
     proc = rules_cli("check", str(ROOT / "config" / "default.yaml"))
     assert proc.returncode == 0, proc.stderr
-    assert "re fallback  python-traceback: Zero-width assertions are not supported." in proc.stdout
+    assert ("re fallback  python-traceback: Zero-width assertions are not supported. "
+            "(hyperscan prefilters, re confirms its hits)") in proc.stdout
 
 
 def test_test_command_json_and_text():

@@ -92,6 +92,8 @@ class Classifier:
         self._default = (cfg.default_category, "", "default")
         self.fallback: dict[str, str] = {}  # rule id -> why it runs on `re` (hyperscan's error text)
         self.ascii_only: set[str] = set()  # rule ids run by hyperscan on ASCII text only
+        self.prefiltered: set[str] = set()  # fallback rule ids whose re search runs only on a hyperscan hit
+        self._confirm = bytes(n)  # per rank: 1 = a hyperscan hit is a prefilter hit, re must confirm it
         self._db = None
         self._hits: list[int] = []
         app = self._hits.append
@@ -115,6 +117,7 @@ class Classifier:
         ids: list[int] = []
         flags: list[int] = []
         ascii_only: set[int] = set()
+        prefilter: set[int] = set()
         for rank, rule in enumerate(self.rules):
             try:
                 tr = translate(rule.pattern, rule.re_flags)
@@ -137,6 +140,15 @@ class Classifier:
                     keep.append(i)
                 except hyperscan.error as exc:
                     self.fallback[self.rules[rank].id] = _error_text(exc)
+                    # Prefilter mode matches a superset (lookaround dropped, backreferences widened):
+                    # re then only confirms Hyperscan's hits instead of searching every text.
+                    try:
+                        _hs_compile([expr], [rank], [fl | hyperscan.HS_FLAG_PREFILTER])
+                        flags[i] = fl | hyperscan.HS_FLAG_PREFILTER
+                        prefilter.add(rank)
+                        keep.append(i)
+                    except hyperscan.error:
+                        pass
             exprs, ids, flags = [exprs[i] for i in keep], [ids[i] for i in keep], [flags[i] for i in keep]
             try:
                 db = _hs_compile(exprs, ids, flags) if exprs else None
@@ -144,10 +156,13 @@ class Classifier:
                 for rank in ids:
                     self.fallback[self.rules[rank].id] = f"database compile failed: {_error_text(exc)}"
                 ids, db = [], None
+                prefilter.clear()
         self._db = db
         on_hs = set(ids)
         ascii_only &= on_hs
         self.ascii_only = {self.rules[k].id for k in ascii_only}
+        self.prefiltered = {self.rules[k].id for k in prefilter}
+        self._confirm = bytes(1 if k in prefilter else 0 for k in range(len(self.rules)))
         if self.fallback:
             log.info("classify: %d of %d rules run on re: %s", len(self.fallback), len(self.rules),
                      self.fallback)
@@ -179,7 +194,7 @@ class Classifier:
         except UnicodeEncodeError:  # lone surrogates are not UTF-8: hyperscan can't scan, re decides all
             items = [(k, self._compiled[k], self._allowed[k]) for k in range(limit)]
             return self._re_best(text, field, limit, items)
-        found = limit
+        found, found_re = limit, False
         is_ascii = text.isascii()
         if self._db is not None:
             hits = self._hits
@@ -194,10 +209,22 @@ class Classifier:
                     table = self._allow_table(field)
                     cand = [h for h in cand if table[h]]
                 if cand:
-                    found = min(found, min(cand))
+                    found, found_re = self._pick(cand, text, limit)
         k, by_re = self._re_best(text, field, found,
                                  self._re_items_ascii if is_ascii else self._re_items_other)
-        return (k, True) if by_re else (found, False)
+        return (k, True) if by_re else (found, found_re)
+
+    def _pick(self, hits: list[int], text: str, limit: int) -> tuple[int, bool]:
+        """Best of hyperscan's hits below `limit`: (rank, confirmed by re?). Prefilter hits need re."""
+        confirm = self._confirm
+        for h in sorted(hits):
+            if h >= limit:
+                break
+            if not confirm[h]:
+                return h, False
+            if self._compiled[h].search(text):
+                return h, True
+        return limit, False
 
     def _best_fields(self, fields: dict[str, str]) -> tuple[int, bool]:
         best, via_re = self._none, False
@@ -254,6 +281,7 @@ class Classifier:
         res_hs, res_re = self._res_hs, self._res_re
         re_ascii = self._re_items_ascii
         best_text = self._best_text
+        confirm, pick = self._confirm, self._pick
         scan = self._db.scan
         on_match = self._on_match
         hits = self._hits
@@ -277,7 +305,11 @@ class Classifier:
                 scan(text.encode(), match_event_handler=on_match)
                 if hits:
                     k = min(hits)
-                    if k < best:
+                    if confirm[k]:
+                        k, by_re = pick(hits, text, best)
+                        if k < best:
+                            best, res = k, (res_re if by_re else res_hs)
+                    elif k < best:
                         best, res = k, res_hs
                 if re_ascii:
                     for k, rx, _ in re_ascii:
