@@ -438,6 +438,15 @@ def test_cli_init_and_stats_chdb(tmp_path):
     assert ev["last_insert"]
 
 
+def test_ensure_schema_releases_the_chdb_path_it_opened(tmp_path):
+    """The launcher creates the schema, then the workers (maybe other processes) must be able to lock it."""
+    url = f"chdb://{tmp_path}/db"
+    ensure_schema(validate_clickhouse_config({"url": url}))
+    res = cli("stats", "--url", url, "--json")
+    assert res.returncode == 0, res.stderr
+    assert {t["table"] for t in orjson.loads(res.stdout)["tables"] if t["exists"]} == set(TABLES)
+
+
 def test_cli_default_url_is_run_chdb(tmp_path):
     res = cli("init", cwd=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -130,6 +130,11 @@ def _open_chdb(mod: Any, path: str) -> Any:
             os.close(saved)
 
 
+def chdb_is_open(path: str) -> bool:
+    with _chdb_lock:
+        return path in _chdb_sessions
+
+
 def close_chdb(path: str | None = None) -> None:
     """Close the cached session of `path` (all when None), releasing the path's lock for other processes."""
     with _chdb_lock:

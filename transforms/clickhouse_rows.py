@@ -53,7 +53,7 @@ def event_row(e: dict[str, Any]) -> tuple:
             e["event_id"], ms // 1000, ms, ingest,
             *_event_strings(e),  # app_id, event_name, platform, device_id, category, rule_id, engine
             e.get("duration_ms"),
-            _message(fields),
+            fields.get("message") or fields.get("content") or _message(fields),
             # decode() on purpose: keeping many orjson bytes objects alive is ~10x slower (their allocation
             # is oversized), and both clients take str for String.
             _dumps(fields).decode(),

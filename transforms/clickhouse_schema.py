@@ -5,7 +5,13 @@ from __future__ import annotations
 import pathlib
 import threading
 
-from transforms.clickhouse_client import ClickHouseClient, connect, supports_dedup_token
+from transforms.clickhouse_client import (
+    ClickHouseClient,
+    chdb_is_open,
+    close_chdb,
+    connect,
+    supports_dedup_token,
+)
 from transforms.clickhouse_config import ClickHouseConfig
 from transforms.clickhouse_rows import TABLES
 
@@ -52,12 +58,17 @@ def ensure_schema(cfg: ClickHouseConfig, client: ClickHouseClient | None = None,
         if key in _done and not force:
             return
     own = client is None
+    # chdb: if this call opens the path, it also releases it, so that the pipeline's workers (maybe other
+    # processes) can lock it afterwards.
+    release_chdb = own and cfg.kind == "chdb" and not chdb_is_open(cfg.path)
     client = client or connect(cfg)
     try:
         apply_schema(client)
     finally:
         if own:
             client.close()
+        if release_chdb:
+            close_chdb(cfg.path)
     with _done_lock:
         _done.add(key)
 
