@@ -214,12 +214,15 @@ class Classifier:
                                  self._re_items_ascii if is_ascii else self._re_items_other)
         return (k, True) if by_re else (found, found_re)
 
-    def _pick(self, hits: list[int], text: str, limit: int) -> tuple[int, bool]:
-        """Best of hyperscan's hits below `limit`: (rank, confirmed by re?). Prefilter hits need re."""
+    def _pick(self, hits: list[int], text: str, limit: int, table: bytes | None = None) -> tuple[int, bool]:
+        """Best of hyperscan's hits below `limit`: (rank, confirmed by re?). Prefilter hits need re;
+        `table` (per rank, 1 = allowed in this field) drops hits of rules restricted to other fields."""
         confirm = self._confirm
         for h in sorted(hits):
             if h >= limit:
                 break
+            if table is not None and not table[h]:
+                continue
             if not confirm[h]:
                 return h, False
             if self._compiled[h].search(text):
@@ -254,7 +257,7 @@ class Classifier:
 
     def classify(self, event: dict[str, Any]) -> dict[str, Any]:
         """A copy of `event` with category, rule_id and engine added."""
-        if self._db is not None and not self._restricted:
+        if self._db is not None:
             return self.classify_batch((event,))[0]
         return self._classify_general(event, False)
 
@@ -271,10 +274,10 @@ class Classifier:
 
         Returns copies like `classify`; `inplace=True` annotates and returns the given dicts instead
         (for a caller that owns them, e.g. right after unpacking; never on a Beam input element).
-        Same decisions as `classify_fields`; specialised for the common case (hyperscan engine, no
-        field-restricted rules, ASCII text) and using the general path for the rest.
+        Same decisions as `classify_fields`; specialised for the common case (hyperscan engine, ASCII
+        text) and using the general path for the rest.
         """
-        if self._db is None or self._restricted:
+        if self._db is None:
             return [self._classify_general(ev, inplace) for ev in events]
         none = self._none
         default = self._default
@@ -288,34 +291,39 @@ class Classifier:
         clear = hits.clear
         out = []
         push = out.append
+        restricted = self._restricted
+        tables = self._allow_tables
+        table = None
         for ev in events:
             best = none
             res = res_hs
-            for text in ev["fields"].values():
+            for name, text in ev["fields"].items():
                 if not text:
                     continue
                 if text.__class__ is not str or not text.isascii():
                     if not isinstance(text, str):
-                        self.classify(ev)  # raises the single-event path's TypeError naming the field
-                    k, by_re = best_text(text, None, best)
+                        self._classify_general(ev, False)  # raises its TypeError naming the field
+                    k, by_re = best_text(text, name, best)
                     if k < best:
                         best, res = k, (res_re if by_re else res_hs)
                     continue
+                if restricted:
+                    table = tables.get(name) or self._allow_table(name)
                 clear()
                 scan(text.encode(), match_event_handler=on_match)
                 if hits:
                     k = min(hits)
-                    if confirm[k]:
-                        k, by_re = pick(hits, text, best)
+                    if confirm[k] or (restricted and not table[k]):
+                        k, by_re = pick(hits, text, best, table)
                         if k < best:
                             best, res = k, (res_re if by_re else res_hs)
                     elif k < best:
                         best, res = k, res_hs
                 if re_ascii:
-                    for k, rx, _ in re_ascii:
+                    for k, rx, allowed in re_ascii:
                         if k >= best:
                             break
-                        if rx.search(text):
+                        if (allowed is None or name in allowed) and rx.search(text):
                             best, res = k, res_re
                             break
             cat, rid, eng = default if best == none else res[best]
