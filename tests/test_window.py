@@ -247,11 +247,12 @@ def test_lateness_on_prism():
     options.view_as(StandardOptions).streaming = True
     got, c = _run_lateness_stream(options)
     for start, final_count, final_max in ((0, 6, 100.0), (60_000, 1, 5.0)):
-        rows = sorted((r for r in got if r["window_start"] == start), key=lambda r: r["version"])
+        rows = sorted((r for r in got if r["window_start"] == start), key=lambda r: r["pane_index"])
         assert [r["count"] for r in rows] == sorted(r["count"] for r in rows), rows
+        versions = [r["version"] for r in rows]
+        assert versions == sorted(versions) and len(set(versions)) == len(rows)
         assert (rows[-1]["count"], rows[-1]["max"]) == (final_count, final_max)
-        assert [r["pane_index"] for r in rows] == sorted(r["pane_index"] for r in rows)
-    first = [r for r in got if r["window_start"] == 0]
+    first = sorted((r for r in got if r["window_start"] == 0), key=lambda r: r["pane_index"])
     assert [r["pane"] for r in first][:2] == ["EARLY", "ON_TIME"] and first[-1]["pane"] == "LATE"
     assert c["late_events"] == 3 and c["beyond_lateness"] == 1
 

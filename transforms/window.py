@@ -5,9 +5,11 @@ pane per late element while the window is within `allowed_lateness_s`. Panes ACC
 pane is the complete aggregate so far and a sink that keeps the highest `version` per
 (window_start, category, app_id) (ClickHouse ReplacingMergeTree) ends with the best answer.
 
-`version` = emission wall-clock ms * 1000 + pane_index (capped at 999): it increases across the
-panes of one window/key, and also across a restart that recomputes a window from scratch
-(pane_index alone would restart at 0 and lose to the stale row).
+`version` = count * 1000 + pane_index (capped at 999). Accumulating counts never decrease and the
+pane index breaks ties, so it increases across the panes of one window/key whatever order they
+are written in (Prism may hand two panes of a key to the next step in one bundle, reversed: a
+wall-clock version then ranks the older pane newest). After a restart without state, a
+recomputed, smaller aggregate loses to the larger row already stored: the most complete wins.
 
 Lateness accounting:
   - `window.late_events`: elements that arrived after the watermark passed the window end but
@@ -49,7 +51,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms.common import ConfigError, now_ms
+from transforms.common import ConfigError
 
 __all__ = ["METRICS_NAMESPACE", "WindowConfig", "WindowMetrics", "WindowStatsFn", "validate_window_config"]
 
@@ -230,10 +232,12 @@ class _FormatPane(beam.DoFn):
                 emitted=beam.DoFn.StateParam(EMITTED)):
         (category, app_id), stats = kv
         name = _PANE_NAMES.get(pane.timing, "ON_TIME")
+        count = stats["count"]
         before = emitted.read() or 0
-        if name == "LATE" and stats["count"] > before:
-            self._late.inc(stats["count"] - before)
-        emitted.write(stats["count"])
+        if count > before:  # panes may come out of order (see module doc): keep the largest
+            if name == "LATE":
+                self._late.inc(count - before)
+            emitted.write(count)
         self._panes[name].inc()
         row = {
             "window_start": win.start.micros // 1000,
@@ -243,7 +247,7 @@ class _FormatPane(beam.DoFn):
             **stats,
             "pane": name,
             "pane_index": pane.index,
-            "version": now_ms() * 1000 + min(pane.index, 999),
+            "version": count * 1000 + min(pane.index, 999),
         }
         yield row
 
