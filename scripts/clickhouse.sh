@@ -24,13 +24,30 @@ ping_ok() {
   [[ "$(curl -s --max-time 2 "http://127.0.0.1:${HTTP_PORT}/ping" 2>/dev/null)" == "Ok." ]]
 }
 
+is_ours() {
+  # A pid is our server only if its command line names our config file (pids get reused).
+  [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "--config-file=$RUN_DIR/config.xml"
+}
+
 running_pid() {
-  # Prints the pid of OUR server (from our pid file) if it is alive.
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
+  # Prints the pid of OUR server if it is alive: from the pid file, else (pid file lost) by scanning /proc
+  # for a clickhouse-server started with our config file.
+  local pid=""
+  [[ -f "$PID_FILE" ]] && pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && is_ours "$pid"; then
+    echo "$pid"
+    return 0
+  fi
+  local d
+  for d in /proc/[0-9]*; do
+    pid="${d#/proc/}"
+    if [[ "$(cat "$d/comm" 2>/dev/null)" == clickhouse-serv* ]] && is_ours "$pid"; then
+      echo "$pid" >"$PID_FILE"
+      echo "$pid"
+      return 0
+    fi
+  done
+  return 1
 }
 
 install_server() {

@@ -406,6 +406,39 @@ def test_error_classification_on_real_errors(clickhouse_server):
     assert "Stack trace" not in error_text(thrown.value) and error_text(thrown.value).startswith("Code: 395")
 
 
+def test_server_error_codes_classified():
+    from chdb._exceptions import ChdbError
+    from clickhouse_driver.errors import ServerException
+
+    assert classify_error(ServerException("DB::Exception: Too many parts (300)", code=252)) == TRANSIENT
+    assert classify_error(ChdbError("Code: 252. DB::Exception: Too many parts")) == TRANSIENT
+    assert classify_error(ChdbError("Code: 469. DB::Exception: Constraint violated")) == DATA
+    assert classify_error(ChdbError("Code: 60. DB::Exception: Unknown table")) == FATAL
+    assert classify_error(ConfigError("sinks.clickhouse.password_env", "not set")) == FATAL
+    assert classify_error(OverflowError("can't convert negative value to unsigned int")) == DATA
+
+
+def test_retry_budget_exhausted_raises_for_the_runner():
+    """Transient errors are retried with backoff; when attempts run out the batch fails loudly (the runner
+    then retries the bundle), it is never dropped or dead-lettered."""
+    from transforms.clickhouse import BatchWriter
+    from transforms.clickhouse_rows import EVENTS
+
+    cfg = validate_clickhouse_config({"url": "clickhouse://default@127.0.0.1:1/perf", "timeout_s": 2,
+                                      "retry": {"max_attempts": 4, "initial_backoff_s": 0.05,
+                                                "max_backoff_s": 0.1, "budget_s": 10}})
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+
+    writer = BatchWriter(cfg, EVENTS, sleep=sleep)
+    with pytest.raises(RuntimeError) as err:
+        writer.write([EVENTS.to_row(make_event(1))])
+    assert "failed after 4 attempts" in str(err.value) and "Connection refused" in str(err.value)
+    assert len(slept) == 3 and all(0.025 <= s <= 0.1 for s in slept) and slept[0] <= 0.05
+
+
 # --- CLI ---------------------------------------------------------------------------------------------------
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
