@@ -376,7 +376,7 @@ class Unpacker:
                 INTERNAL_ERROR, f"{type(exc).__name__}: {exc}",
                 topic=getattr(rec, "topic", None), partition=getattr(rec, "partition", None),
                 offset=getattr(rec, "offset", None), payload=value, key=getattr(rec, "key", None),
-                headers=headers if isinstance(headers, tuple) else (),
+                headers=tuple(headers) if isinstance(headers, (tuple, list)) else (),
             ))
 
     def _msg_dl(self, rec: Any, code: str, reason: str, payload: bytes | None,
