@@ -65,8 +65,11 @@ class Classifier:
     """Classifies event dicts (their `fields`) or plain texts. Not thread-safe (one scratch per db).
 
     Engine "hyperscan": one database holds every rule Hyperscan can run exactly; `fallback` rules (it
-    rejects them) run on `re`, and `ascii_only` rules (see classify_pcre) run on `re` for non-ASCII text.
-    `re` rules are tried in rank order and only while they could still beat the best match so far.
+    rejects them) run on `re`: those in `prefiltered` sit in the database in prefilter mode (a superset)
+    and `re` only confirms their hits, the others are searched with `re` directly. `ascii_only` rules
+    (see classify_pcre) run on `re` for non-ASCII text. `re` rules are tried in rank order and only
+    while they could still beat the best match so far. Texts that are not valid UTF-8 (lone
+    surrogates) are decided by `re` alone.
     """
 
     def __init__(self, cfg: ClassifyConfig | list[Rule], engine: str | None = None) -> None:
@@ -102,7 +105,8 @@ class Classifier:
         if self.engine == "hyperscan":
             re_ranks, ascii_ranks = self._compile_hyperscan()
         # Hyperscan hits that are exact on non-ASCII text too.
-        self._exact_any = bytes(0 if k in set(ascii_ranks) else 1 for k in range(n))
+        ascii_set = set(ascii_ranks)
+        self._exact_any = bytes(0 if k in ascii_set else 1 for k in range(n))
         item = lambda k: (k, self._compiled[k], self._allowed[k])  # noqa: E731
         self._re_items_ascii = [item(k) for k in re_ranks]
         self._re_items_other = [item(k) for k in sorted(set(re_ranks) | set(ascii_ranks))]
