@@ -323,6 +323,7 @@ class Unpacker:
         self._text_set = frozenset(cfg.text_fields)
         self._types = tuple((k, tname, TYPE_CHECKS[tname]) for k, tname in v.types)
         self._required = v.required
+        self._required_top = all(k in _TOP_KEYS for k in v.required)
         self._max_value = v.max_value_bytes
         self._max_items = v.max_items
         self._max_chars = v.max_field_chars
@@ -688,7 +689,12 @@ class Unpacker:
             "envelope": envelope,
         }
         if self._required:
-            self._check_required(ev, t is not None)
+            if self._required_top:  # the usual case: only event keys, checked inline
+                for k in self._required:
+                    if ev[k] is None or ev[k] == "":
+                        raise _Reject(VALIDATION_ERROR, f"field '{k}': required but missing")
+            else:
+                self._check_required(ev, t is not None)
         return ev
 
     def _check_required(self, ev: dict, time_from_payload: bool) -> None:
