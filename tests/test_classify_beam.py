@@ -76,3 +76,13 @@ def test_classify_transform_re_engine_same_decisions():
     q = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     gauges = {g.key.metric.name: g.committed.value for g in q["gauges"]}
     assert gauges["re_fallback_patterns"] == 0
+
+
+def test_classify_transform_accepts_lists_of_events():
+    p = BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]), blocking=False)
+    out = p | beam.Create([EVENTS[:3], EVENTS[3:]]) | Classify(_cfg())
+    assert_that(out.events | beam.Map(lambda e: (e["event_id"], e["category"])),
+                equal_to([("e1", "PERF_CRASH"), ("e2", "PERF_LAG"), ("e3", "UNCLASSIFIED"),
+                          ("e4", "PERF_CRASH")]), label="events")
+    assert_that(out.dlq | beam.Map(lambda d: d["offset"]), equal_to([105, 106]), label="dlq")
+    p.run().wait_until_finish()
