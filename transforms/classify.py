@@ -13,7 +13,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.classify_pcre import Untranslatable, translate
+from transforms.classify_pcre import translate
 from transforms.classify_rules import (
     ClassifyConfig,
     Rule,
@@ -125,7 +125,7 @@ class Classifier:
         for rank, rule in enumerate(self.rules):
             try:
                 tr = translate(rule.pattern, rule.re_flags)
-            except (Untranslatable, RecursionError) as exc:
+            except Exception as exc:  # noqa: BLE001 - Untranslatable or a translator bug: `re` still works
                 self.fallback[rule.id] = f"not translatable for hyperscan: {exc}"
                 continue
             exprs.append(tr.expression.encode("ascii"))
