@@ -93,3 +93,10 @@ class ClassifierOptions(PipelineOptions):
             choices=["auto", "hyperscan", "re"],
             help="regex engine (classify.engine)",
         )
+        g.add_argument(
+            "--drain_timeout",
+            type=float,
+            default=60.0,
+            help="seconds a SIGTERM/SIGINT drain may take (stop reading, flush, commit) before the job "
+            "is cancelled (default %(default)s)",
+        )

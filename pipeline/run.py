@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
@@ -11,10 +18,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from pipeline.config import UNSET, PipelineConfig, load_config
 from pipeline.graph import build_pipeline
 from pipeline.options import ClassifierOptions
-from pipeline.runners import with_defaults
+from pipeline.prism import prism_job_server
+from pipeline.runners import runner_name, with_defaults
 from transforms.common import ConfigError
+from transforms.kafkaio import request_stop, reset_stop
 
 log = logging.getLogger("pipeline")
+RUN_DIR = Path(__file__).resolve().parent.parent / ".run"
 
 DESCRIPTION = """\
 Classify app-performance and log events from Kafka into per-category topics, windowed metrics and
@@ -120,13 +130,127 @@ def preflight(cfg: PipelineConfig) -> None:
         ensure_schema(cfg.clickhouse)
 
 
-def run_pipeline(argv: list[str], wait: bool = True):
+LOCAL_RUNNERS = ("FnApiRunner", "PrismRunner", "DirectRunner", "BundleBasedDirectRunner")
+
+
+def for_runner(cfg: PipelineConfig, runner: str) -> PipelineConfig:
+    """Runner-specific choices. On local runners nothing is checkpointed, so the ClickHouse sink batches
+    inside the bundle (fused with the read): a bundle's offsets are committed only after its rows are in
+    ClickHouse. On Flink, state is checkpointed and GroupIntoBatches buffers across bundles."""
+    if cfg.clickhouse is not None and runner in LOCAL_RUNNERS and cfg.clickhouse.batching != "bundle":
+        return replace(cfg, clickhouse=replace(cfg.clickhouse, batching="bundle"))
+    return cfg
+
+
+class _GracefulStop:
+    """SIGTERM/SIGINT: first one drains (stop reading, fire windows, flush sinks, commit offsets, exit 0);
+    a second one, or `drain_timeout_s` passing, cancels the job."""
+
+    def __init__(self, drain_timeout_s: float) -> None:
+        self.drain_timeout_s = drain_timeout_s
+        self.requested_at: float | None = None
+        self.forced = False
+        self._saved: dict = {}
+
+    def install(self) -> None:
+        # Called again after p.run(): Beam's job-server wrapper sets a SIGINT handler that stops Prism.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.signal(sig, self._handle)
+            self._saved.setdefault(sig, previous)
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
+            log.info(
+                "%s: draining (stop reading, flush sinks, commit offsets); send it again to abort",
+                signal.Signals(signum).name,
+            )
+            request_stop()
+        else:
+            log.warning("%s again: aborting the drain", signal.Signals(signum).name)
+            self.forced = True
+
+    def overdue(self) -> bool:
+        return self.forced or (
+            self.requested_at is not None and time.monotonic() - self.requested_at > self.drain_timeout_s
+        )
+
+
+def run_and_wait(p: beam.Pipeline, stop: _GracefulStop) -> int:
+    """Runs `p` and blocks until it finishes, handling a graceful stop. 0 when it completed or drained."""
+    drain_timeout_s = stop.drain_timeout_s
+    if stop.requested_at is not None:
+        log.info("stopped before the job started")
+        return 0
+    holder: dict[str, object] = {}
+    done = threading.Event()
+
+    def watchdog() -> None:
+        while not done.wait(0.5):
+            if stop.overdue():
+                log.error("stop: the job did not drain in %.0f s; cancelling", drain_timeout_s)
+                result = holder.get("result")
+                if result is None:  # FnApiRunner runs inside p.run(): nothing to cancel but the process
+                    os._exit(1)
+                try:
+                    result.cancel()
+                except Exception as e:
+                    log.warning("cancel failed: %s", e)
+                holder["cancelled"] = True
+                return
+
+    def wait(result) -> None:
+        try:
+            result.wait_until_finish()
+        except BaseException as e:  # reported from the main thread
+            holder["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=watchdog, name="drain-watchdog", daemon=True).start()
+    try:
+        try:
+            result = holder["result"] = p.run()  # FnApiRunner completes here; Prism returns at once
+        except Exception as e:
+            holder["error"] = e
+            done.set()
+        else:
+            stop.install()
+            threading.Thread(target=wait, args=(result,), name="pipeline-wait", daemon=True).start()
+            while not done.wait(0.5):
+                pass
+    finally:
+        done.set()
+        if stop.requested_at is None:
+            stop.restore()
+        # else: keep ours through teardown; a repeated SIGTERM then must not kill a drained run.
+    if "cancelled" in holder:
+        return 1
+    if "error" in holder:
+        err = holder["error"]
+        print(
+            f"error: the pipeline failed: {type(err).__name__}: {str(err).strip()[-2000:]}", file=sys.stderr
+        )
+        return 1
+    if stop.requested_at is not None:
+        log.info("drained in %.1f s", time.monotonic() - stop.requested_at)
+    return 0
+
+
+def run_pipeline(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # our progress lines, not its chatter
     opts = PipelineOptions(argv)
+    reset_stop()
+    stop = _GracefulStop(opts.view_as(ClassifierOptions).drain_timeout)
+    stop.install()  # from here on a SIGTERM/SIGINT is a graceful stop, even during preflight
     try:
         cfg = config_from_options(opts)
         preflight(cfg)
@@ -136,11 +260,17 @@ def run_pipeline(argv: list[str], wait: bool = True):
     except Exception as e:  # an unreachable component: one clear line, no traceback
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    opts = PipelineOptions(with_defaults(argv, cfg.read.bounded))
-    p = beam.Pipeline(options=opts)
-    build_pipeline(p, cfg)
-    result = p.run()
-    if wait:
-        result.wait_until_finish()
-        return 0
-    return result
+    argv = with_defaults(argv, cfg.read.bounded)
+    runner = runner_name(argv)
+    cfg = for_runner(cfg, runner)
+    with ExitStack() as stack:
+        if runner == "PrismRunner" and not any(a.startswith("--job_endpoint") for a in argv):
+            prism = next(a.split("=", 1)[1] for a in argv if a.startswith("--prism_location="))
+            argv = [
+                *argv,
+                f"--job_endpoint={stack.enter_context(prism_job_server(prism, RUN_DIR / 'prism'))}",
+            ]
+        p = beam.Pipeline(options=PipelineOptions(argv))
+        build_pipeline(p, cfg)
+        log.info("running on %s (%s)", runner, "bounded" if cfg.read.bounded else "unbounded")
+        return run_and_wait(p, stop)

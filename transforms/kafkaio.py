@@ -35,7 +35,6 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
-from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
@@ -52,6 +51,26 @@ from transforms.kafka_config import (
 log = logging.getLogger(__name__)
 
 START_POSITIONS = ("committed", "earliest", "latest")
+
+# Graceful stop of a local run (SIGTERM/SIGINT in `python -m pipeline`): readers stop claiming and
+# finish their restrictions, discovery ends, the watermark reaches the end, windows fire, sinks flush,
+# bundles finalize (offsets committed) and the job completes. One flag per worker process: on local
+# runners the workers live in the launching process.
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def reset_stop() -> None:
+    _STOP.clear()
+
+
 _OPEN_END = sys.maxsize  # the stop offset of an unbounded restriction
 
 
@@ -287,14 +306,14 @@ class _CachedConsumer:
 _last_busy: dict[tuple[str, int], float] = {}
 
 
-_FATAL_CODES = {
-    "UNKNOWN_TOPIC_OR_PART",
-    "TOPIC_AUTHORIZATION_FAILED",
-    "GROUP_AUTHORIZATION_FAILED",
-    "_UNKNOWN_TOPIC",
-    "_UNKNOWN_PARTITION",
-    "TOPIC_EXCEPTION",
-}
+_FATAL_CODES = {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"}
+_UNKNOWN_CODES = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"}
+# A new topic can look unknown for a moment while metadata propagates; longer than this, it is gone.
+UNKNOWN_TOPIC_GRACE_S = 30.0
+
+
+class _TopicGone(Exception):
+    pass
 
 
 class _ReadPartitionFn(beam.DoFn):
@@ -315,6 +334,7 @@ class _ReadPartitionFn(beam.DoFn):
         self._committer = None
         self._commit_lock = threading.Lock()
         self._last_error_log = 0.0
+        self._unknown_since: dict[tuple[str, int], float] = {}
 
     def teardown(self) -> None:
         for c in getattr(self, "_consumers", {}).values():
@@ -367,9 +387,18 @@ class _ReadPartitionFn(beam.DoFn):
 
     def _handle_error(self, err, topic: str, partition: int) -> None:
         self._errors.inc()
-        if err.name() in _FATAL_CODES or err.fatal():
-            raise KafkaReadError(f"reading topic {topic!r} partition {partition}: {err.name()}: {err.str()}")
+        name = err.name()
+        if name in _FATAL_CODES or err.fatal():
+            raise KafkaReadError(f"reading topic {topic!r} partition {partition}: {name}: {err.str()}")
         now = time.monotonic()
+        if name in _UNKNOWN_CODES:
+            since = self._unknown_since.setdefault((topic, partition), now)
+            if now - since > UNKNOWN_TOPIC_GRACE_S:
+                if self._cfg.topic_pattern:
+                    raise _TopicGone()  # deleted topic under a pattern: stop reading it, keep the job
+                raise KafkaReadError(f"topic {topic!r} partition {partition} no longer exists ({err.str()})")
+        else:
+            self._unknown_since.pop((topic, partition), None)
         if now - self._last_error_log > 5:  # librdkafka retries by itself; log, don't flood
             self._last_error_log = now
             log.warning("kafka %s[%d]: %s (retrying)", topic, partition, err.str())
@@ -401,6 +430,15 @@ class _ReadPartitionFn(beam.DoFn):
         done = False
         try:
             while True:
+                if _STOP.is_set():
+                    log.info(
+                        "stop requested: finishing %s[%d] at offset %d",
+                        topic,
+                        partition,
+                        claimed_upto + 1 if claimed_upto >= 0 else rng.start,
+                    )
+                    tracker.try_claim(tracker.current_restriction().stop)  # marks the range done
+                    return
                 msgs = consumer.consume(num_messages=cfg.poll_batch, timeout=0.2)
                 data = []
                 for m in msgs:
@@ -414,7 +452,14 @@ class _ReadPartitionFn(beam.DoFn):
                         if bounded and m.offset() >= rng.stop:
                             done = True
                     else:
-                        self._handle_error(err, topic, partition)
+                        try:
+                            self._handle_error(err, topic, partition)
+                        except _TopicGone:
+                            log.warning(
+                                "topic %s partition %d is gone: no longer reading it", topic, partition
+                            )
+                            tracker.try_claim(tracker.current_restriction().stop)
+                            return
                 now = time.monotonic()
                 if data:
                     _last_busy[key] = now
@@ -517,22 +562,60 @@ class _PlanBoundedFn(beam.DoFn):
         yield from specs
 
 
+class _TickRestrictions(RestrictionProvider):
+    def initial_restriction(self, element) -> OffsetRange:
+        return OffsetRange(0, _OPEN_END)
+
+    def create_tracker(self, restriction: OffsetRange) -> KafkaOffsetTracker:
+        return KafkaOffsetTracker(restriction)
+
+    def restriction_size(self, element, restriction) -> int:
+        return 1
+
+
+_TICKS = _TickRestrictions()
+_last_discovery: dict[str, float] = {}  # per worker: when each reader last listed partitions
+
+
 class _DiscoverFn(beam.DoFn):
-    """On each tick lists the partitions to read, as one element so the next step sees whole ticks."""
+    """Lists the partitions to read every `discovery_interval_s`, until a stop is requested.
+
+    A splittable DoFn rather than PeriodicImpulse so that a graceful stop can end it: it wakes each
+    second (cheap) and lists partitions when the interval is due. Each listing is one element, so
+    the next step sees whole ticks.
+    """
 
     def __init__(self, cfg: ReadConfig) -> None:
         self._cfg = cfg
+        self._key = cfg.topic_pattern or ",".join(cfg.topics)
 
-    def process(self, _) -> Iterable[tuple[str, list[tuple[str, int]]]]:
-        try:
-            parts = list_partitions(self._cfg)
-        except KafkaReadError as e:
-            # A broker outage or a not-yet-created topic must not kill the job: retry next tick.
-            log.warning(
-                "partition discovery failed, retrying in %.0f s: %s", self._cfg.discovery_interval_s, e
-            )
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        _,
+        tracker=beam.DoFn.RestrictionParam(_TICKS),
+        watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
+    ) -> Iterable[TimestampedValue]:
+        rng = tracker.current_restriction()
+        if _STOP.is_set():
+            tracker.try_claim(rng.stop)
             return
-        yield "all", parts
+        if not tracker.try_claim(rng.start):
+            return
+        now = time.time()
+        _advance(watermark, Timestamp.of(now))
+        if now - _last_discovery.get(self._key, 0.0) >= self._cfg.discovery_interval_s:
+            _last_discovery[self._key] = now
+            try:
+                parts = list_partitions(self._cfg)
+            except KafkaReadError as e:
+                # A broker outage or a not-yet-created topic must not kill the job: retry next tick.
+                log.warning(
+                    "partition discovery failed, retrying in %.0f s: %s", self._cfg.discovery_interval_s, e
+                )
+            else:
+                yield TimestampedValue(("all", parts), now)
+        tracker.defer_remainder(Duration.of(1))
 
 
 class _NewPartitionsFn(beam.DoFn):
@@ -591,8 +674,8 @@ class ReadFromKafka(beam.PTransform):
         else:
             specs = (
                 pbegin
-                | "DiscoveryTicks" >> PeriodicImpulse(fire_interval=cfg.discovery_interval_s)
-                | "ListPartitions" >> beam.ParDo(_DiscoverFn(cfg))
+                | "Start" >> beam.Impulse()
+                | "DiscoverPartitions" >> beam.ParDo(_DiscoverFn(cfg))
                 | "NewPartitions" >> beam.ParDo(_NewPartitionsFn(cfg))
             )
             read_fn = _ReadUnboundedPartitionFn(cfg)
