@@ -154,11 +154,10 @@ def load_config(path: str, overrides: list[tuple[tuple[str, ...], Any]] | None =
 
 
 def build_config(raw: dict[str, Any], base_dir: str, path: str = "<dict>") -> PipelineConfig:
-    from transforms.window import validate_window_config
-
     from transforms.classify import validate_classify_config
     from transforms.clickhouse import validate_clickhouse_config
     from transforms.unpack import validate_unpack_config
+    from transforms.window import validate_window_config
 
     kafka = _section(raw, "kafka")
     _no_unknown(kafka, {"consumer", "producer"}, "kafka")

@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import apache_beam as beam
-from transforms.window import WindowMetrics
 
 from pipeline.config import PipelineConfig
 from transforms.classify import Classify
 from transforms.kafkaio import ReadFromKafka, WriteToKafka
 from transforms.route import DeadLettersToTopic, EventsToCategoryTopics
 from transforms.unpack import Unpack
+from transforms.window import WindowMetrics
 
 
 def build_pipeline(p: beam.Pipeline, cfg: PipelineConfig) -> dict[str, Any]:

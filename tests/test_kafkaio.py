@@ -10,7 +10,14 @@ from confluent_kafka import Consumer, TopicPartition
 
 from tests.conftest import BOOTSTRAP, create_topics, produce, read_all
 from transforms.common import ConfigError
-from transforms.kafkaio import KafkaMessage, KafkaReadError, ReadConfig, ReadFromKafka, WriteToKafka, list_partitions
+from transforms.kafkaio import (
+    KafkaMessage,
+    KafkaReadError,
+    ReadConfig,
+    ReadFromKafka,
+    WriteToKafka,
+    list_partitions,
+)
 
 FNAPI = PipelineOptions(["--runner=FnApiRunner"])
 
@@ -23,7 +30,9 @@ def _cfg(group: str, **kw) -> ReadConfig:
 def _committed(group: str, topic: str, partitions: int) -> list[int]:
     c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
     try:
-        return [tp.offset for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+        return [
+            tp.offset for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        ]
     finally:
         c.close()
 
@@ -71,7 +80,11 @@ def test_max_records_is_a_total_across_partitions(kafka, topic_prefix):
     create_topics([topic], partitions=4)
     produce(topic, [b"%d" % i for i in range(100)])
     with beam.Pipeline(options=FNAPI) as p:
-        n = p | ReadFromKafka(_cfg(f"{topic_prefix}-g", topics=(topic,), max_records=37)) | beam.combiners.Count.Globally()
+        n = (
+            p
+            | ReadFromKafka(_cfg(f"{topic_prefix}-g", topics=(topic,), max_records=37))
+            | beam.combiners.Count.Globally()
+        )
         assert_that(n, equal_to([37]))
 
 
@@ -84,7 +97,9 @@ def test_topic_pattern_reads_matching_topics_only(kafka, topic_prefix):
     cfg = _cfg(f"{topic_prefix}-g", topic_pattern=rf"^{topic_prefix}\.ingest\..*")
     with beam.Pipeline(options=FNAPI) as p:
         recs = p | ReadFromKafka(cfg)
-        assert_that(recs | beam.Map(lambda r: r.topic) | beam.combiners.Count.PerElement(), equal_to([(a, 5), (b, 7)]))
+        assert_that(
+            recs | beam.Map(lambda r: r.topic) | beam.combiners.Count.PerElement(), equal_to([(a, 5), (b, 7)])
+        )
 
 
 def test_unknown_topic_is_a_clear_error_naming_it(kafka, topic_prefix):
@@ -106,7 +121,10 @@ def test_bad_source_config_names_the_key():
 def test_write_routes_per_record_topic_with_headers(kafka, topic_prefix):
     t1, t2 = f"{topic_prefix}.out.A", f"{topic_prefix}.out.B"
     create_topics([t1, t2])
-    msgs = [KafkaMessage(t1 if i % 3 else t2, b"app", b"m%d" % i, (("traceparent", b"tp%d" % i),)) for i in range(60)]
+    msgs = [
+        KafkaMessage(t1 if i % 3 else t2, b"app", b"m%d" % i, (("traceparent", b"tp%d" % i),))
+        for i in range(60)
+    ]
     with beam.Pipeline(options=FNAPI) as p:
         _ = p | beam.Create(msgs) | WriteToKafka({"bootstrap.servers": BOOTSTRAP})
     got1, got2 = read_all(t1), read_all(t2)
@@ -119,6 +137,8 @@ def test_write_fails_the_bundle_when_records_are_not_acknowledged(kafka, topic_p
     # A topic name the broker rejects: delivery fails, so the bundle must fail (the runner would retry).
     with pytest.raises(Exception, match="delivery errors|unacknowledged"):
         with beam.Pipeline(options=FNAPI) as p:
-            _ = p | beam.Create([KafkaMessage("bad topic name!", None, b"x")]) | WriteToKafka(
-                {"bootstrap.servers": BOOTSTRAP, "message.timeout.ms": 3000}
+            _ = (
+                p
+                | beam.Create([KafkaMessage("bad topic name!", None, b"x")])
+                | WriteToKafka({"bootstrap.servers": BOOTSTRAP, "message.timeout.ms": 3000})
             )

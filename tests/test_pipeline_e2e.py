@@ -18,6 +18,7 @@ def _write_config(tmp_path, prefix: str, chdb_path) -> str:
     with open(ROOT / "config" / "default.yaml") as f:
         raw = yaml.safe_load(f)
     raw["classify"]["rules_files"] = [str(ROOT / "rules" / "default.yaml")]
+    raw["kafka"]["consumer"]["bootstrap.servers"] = raw["kafka"]["producer"]["bootstrap.servers"] = BOOTSTRAP
     raw["routes"]["topic_template"] = prefix + ".out.{category}"
     raw["routes"]["dlq_topic"] = f"{prefix}.dlq"
     raw["sinks"]["clickhouse"]["url"] = f"chdb://{chdb_path}"

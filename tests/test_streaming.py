@@ -40,6 +40,7 @@ def ch_server() -> str:
 def _config(tmp_path, prefix: str, database: str) -> str:
     raw = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     raw["classify"]["rules_files"] = [str(ROOT / "rules" / "default.yaml")]
+    raw["kafka"]["consumer"]["bootstrap.servers"] = raw["kafka"]["producer"]["bootstrap.servers"] = BOOTSTRAP
     raw["routes"]["topic_template"] = prefix + ".out.{category}"
     raw["routes"]["dlq_topic"] = f"{prefix}.dlq"
     raw["sinks"]["clickhouse"]["url"] = f"clickhouse://default@127.0.0.1:9000/{database}"
