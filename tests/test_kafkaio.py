@@ -135,10 +135,64 @@ def test_write_routes_per_record_topic_with_headers(kafka, topic_prefix):
 
 def test_write_fails_the_bundle_when_records_are_not_acknowledged(kafka, topic_prefix):
     # A topic name the broker rejects: delivery fails, so the bundle must fail (the runner would retry).
-    with pytest.raises(Exception, match="delivery errors|unacknowledged"):
+    with pytest.raises(Exception, match="rejected|not acknowledged"):
         with beam.Pipeline(options=FNAPI) as p:
             _ = (
                 p
                 | beam.Create([KafkaMessage("bad topic name!", None, b"x")])
-                | WriteToKafka({"bootstrap.servers": BOOTSTRAP, "message.timeout.ms": 3000})
+                | WriteToKafka({"bootstrap.servers": BOOTSTRAP, "message.timeout.ms": 3000}, retry_budget_s=8)
             )
+
+
+def test_write_retries_while_the_broker_is_away(kafka, topic_prefix):
+    """Records produced to an unreachable broker are retried within the budget and delivered when it
+    answers: here a local TCP relay that only starts forwarding after a few seconds."""
+    import socket
+    import threading
+    import time
+
+    topic = f"{topic_prefix}.out"
+    create_topics([topic])
+    host, port = BOOTSTRAP.split(":")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    relay_port = listener.getsockname()[1]
+    listener.close()  # nothing listens yet: connection refused, like a broker that is down
+
+    def relay():
+        time.sleep(6)
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", relay_port))
+        srv.listen()
+        srv.settimeout(60)
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((host, int(port)))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=relay, daemon=True).start()
+    msgs = [KafkaMessage(topic, None, b"r%d" % i) for i in range(50)]
+    cfg = {
+        "bootstrap.servers": f"127.0.0.1:{relay_port}",
+        "message.timeout.ms": 3000,
+        "enable.idempotence": False,
+        "acks": "1",
+    }
+    with beam.Pipeline(options=FNAPI) as p:
+        _ = p | beam.Create(msgs) | WriteToKafka(cfg, retry_budget_s=120)
+    assert sorted(m.value() for m in read_all(topic)) == sorted(m.value for m in msgs)
+
+
+def _pipe(src, dst):
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        dst.close()

@@ -701,57 +701,88 @@ class KafkaWriteError(RuntimeError):
 class _WriteFn(beam.DoFn):
     POLL_EVERY = 1000
 
-    def __init__(self, producer_cfg: dict[str, Any], flush_timeout_s: float) -> None:
+    def __init__(self, producer_cfg: dict[str, Any], flush_timeout_s: float, retry_budget_s: float) -> None:
         self._producer_cfg = producer_cfg
         self._flush_timeout_s = flush_timeout_s
+        self._retry_budget_s = retry_budget_s
         self._written = Metrics.counter("kafka", "records_written")
         self._failed = Metrics.counter("kafka", "delivery_errors")
+        self._retried = Metrics.counter("kafka", "records_retried")
         self._full = Metrics.counter("kafka", "producer_queue_full")
 
     def setup(self) -> None:
         from confluent_kafka import Producer
 
         self._producer = Producer(resolve_secrets(merged(PRODUCER_DEFAULTS, self._producer_cfg)))
-        self._errors: list[str] = []
+        self._failures: list[tuple[Any, Any]] = []
 
     def start_bundle(self) -> None:
-        self._errors = []
+        self._failures = []
         self._pending = 0
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
-            self._errors.append(f"{msg.topic()}: {err.str()}")
+            self._failures.append((err, msg))
 
-    def process(self, msg: KafkaMessage) -> None:
-        produce = self._producer.produce
+    def _produce(self, topic, value, key, headers) -> None:
         while True:
             try:
-                produce(
-                    msg.topic,
-                    msg.value,
-                    msg.key,
-                    headers=list(msg.headers) or None,
-                    on_delivery=self._on_delivery,
-                )
-                break
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                return
             except BufferError:
                 # Local queue full: wait for deliveries instead of growing memory (backpressure).
                 self._full.inc()
                 self._producer.poll(0.05)
+
+    def process(self, msg: KafkaMessage) -> None:
+        self._produce(msg.topic, msg.value, msg.key, list(msg.headers) or None)
         self._pending += 1
         if self._pending % self.POLL_EVERY == 0:
             self._producer.poll(0)
 
     def finish_bundle(self) -> None:
+        """Waits until every record is acknowledged. Transient failures (broker down or restarting,
+        timeouts) are produced again with backoff within the retry budget; anything else, or an
+        exhausted budget, fails the bundle so the runner retries it."""
         if self._pending == 0:
             return
-        remaining = self._producer.flush(self._flush_timeout_s)
-        if remaining or self._errors:
-            self._failed.inc(len(self._errors) + remaining)
-            first = self._errors[0] if self._errors else f"{remaining} records not acknowledged in time"
-            raise KafkaWriteError(
-                f"{len(self._errors)} delivery errors, {remaining} unacknowledged of {self._pending}: {first}"
+        deadline = time.monotonic() + self._retry_budget_s
+        backoff = 0.5
+        while True:
+            remaining = self._producer.flush(
+                max(1.0, min(self._flush_timeout_s, deadline - time.monotonic()))
             )
+            failures, self._failures = self._failures, []
+            fatal = [(e, m) for e, m in failures if not _retriable(e)]
+            if fatal:
+                self._failed.inc(len(fatal))
+                err, msg = fatal[0]
+                raise KafkaWriteError(
+                    f"{len(fatal)} of {self._pending} records rejected: {msg.topic()}: {err.str()}"
+                )
+            if not failures and not remaining:
+                break
+            if time.monotonic() >= deadline:
+                self._failed.inc(len(failures) + remaining)
+                raise KafkaWriteError(
+                    f"{len(failures) + remaining} of {self._pending} records not acknowledged within the "
+                    f"{self._retry_budget_s:.0f} s retry budget"
+                    + (f": {failures[0][1].topic()}: {failures[0][0].str()}" if failures else "")
+                )
+            if failures:
+                log.warning(
+                    "kafka write: %d records failed (%s); producing them again in %.1f s",
+                    len(failures),
+                    failures[0][0].str(),
+                    backoff,
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                self._retried.inc(len(failures))
+                for _, m in failures:
+                    self._produce(m.topic(), m.value(), m.key(), m.headers())
+            else:
+                log.warning("kafka write: %d records still unacknowledged; waiting for the broker", remaining)
         self._written.inc(self._pending)
 
     def teardown(self) -> None:
@@ -760,13 +791,36 @@ class _WriteFn(beam.DoFn):
             producer.flush(self._flush_timeout_s)
 
 
+def _retriable(err) -> bool:
+    from confluent_kafka import KafkaError
+
+    return err.retriable() or err.code() in (
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.REQUEST_TIMED_OUT,
+    )
+
+
 class WriteToKafka(beam.PTransform):
     """Produces `KafkaMessage`s. A bundle completes only when all its records are acknowledged."""
 
-    def __init__(self, producer_cfg: dict[str, Any] | None = None, flush_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        producer_cfg: dict[str, Any] | None = None,
+        flush_timeout_s: float = 30.0,
+        retry_budget_s: float = 600.0,
+    ) -> None:
         super().__init__()
         self._producer_cfg = validate_client_config(producer_cfg, "kafka.producer")
         self._flush_timeout_s = flush_timeout_s
+        self._retry_budget_s = retry_budget_s
 
     def expand(self, pcoll):
-        return pcoll | "Produce" >> beam.ParDo(_WriteFn(self._producer_cfg, self._flush_timeout_s))
+        return pcoll | "Produce" >> beam.ParDo(
+            _WriteFn(self._producer_cfg, self._flush_timeout_s, self._retry_budget_s)
+        )
