@@ -10,7 +10,7 @@ from pathlib import Path
 
 import hyperscan
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from transforms.classify import Classifier
@@ -385,3 +385,36 @@ print(json.dumps({"available": hyperscan_available(), "engine": clf.engine, "for
         want = hs.classify_text(t)
         assert got[:2] == list(want[:2])
         assert got[2] == ("default" if want[2] == "default" else "re")
+
+
+# Random patterns from a small grammar of the constructs whose meaning differs between the engines.
+ATOMS = ["a", "b", "k", "s", "é", "ß", r"\.", "x", " ", r"\n", r"\d", r"\D", r"\w", r"\W", r"\s", r"\S", ".",
+         "[a-c]", "[^a-c]", r"[\d\s]", r"[^\w]", "[k-s]", r"\u212a", r"\x1c", "٣", "😀", r"\b", r"\B", "^",
+         "$", r"\A", r"\Z", "[.]", "(?:ab|c)"]
+patterns = st.recursive(
+    st.sampled_from(ATOMS),
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=2, max_size=4).map("".join),
+        st.lists(inner, min_size=2, max_size=3).map(lambda xs: "(?:" + "|".join(xs) + ")"),
+        st.tuples(inner, st.sampled_from(["*", "+", "?", "{2}", "{1,3}", "{,2}", "*?", "{2,}"]))
+        .map(lambda t: f"(?:{t[0]}){t[1]}"),
+        st.tuples(st.sampled_from(["i", "s", "m", "a", "i-s"]), inner).map(lambda t: f"(?{t[0]}:{t[1]})"),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(pattern=patterns, flags=st.sampled_from([[], ["caseless"], ["dotall"], ["multiline"]]),
+       sample=st.lists(texts, min_size=10, max_size=10))
+def test_engines_identical_on_random_patterns(pattern, flags, sample):
+    bits = {"caseless": re.I, "dotall": re.S, "multiline": re.M}
+    try:
+        rx_ref = re.compile(pattern, sum(bits[f] for f in flags))
+    except re.error:
+        assume(False)  # not a valid Python pattern: validation rejects it (tested elsewhere)
+    hs, rx = both(rules({"id": "r", "category": "C", "pattern": pattern, "flags": flags}))
+    for text in sample + ["", "abc", "a b\nc", "é٣ k", "\u212a s ß"]:
+        want = "r" if text and rx_ref.search(text) else ""
+        assert hs.classify_text(text)[1] == want, (pattern, flags, text, hs.fallback, hs.ascii_only)
+        assert rx.classify_text(text)[1] == want
