@@ -108,16 +108,37 @@ stop_started_services() {
   return "$rc"
 }
 
+# When this checkout's broker is not running but the Kafka ports are taken (e.g. a broker of another
+# checkout on the same machine), run the suite on a free port pair with its own data dir.
+pick_kafka_port() {
+  local port=${KAFKA_PORT:-9092} p
+  scripts/kafka.sh status >/dev/null 2>&1 && return 0
+  port_open 127.0.0.1 "$port" || port_open 127.0.0.1 "$((port + 1))" || return 0
+  for p in 19092 29092 39092 49092; do
+    if ! port_open 127.0.0.1 "$p" && ! port_open 127.0.0.1 "$((p + 1))"; then
+      warn "kafka: 127.0.0.1:$port is taken by a server this checkout did not start; using port $p"
+      export KAFKA_PORT=$p KAFKA_CONTROLLER_PORT=$((p + 1))
+      return 0
+    fi
+  done
+  die "kafka: port $port and the fallbacks are taken"
+}
+
 run_test() {
   do_setup
+  pick_kafka_port
+  # tests/conftest.py and tests/test_infra.py read the broker address from here.
+  export KAFKA_BOOTSTRAP="127.0.0.1:${KAFKA_PORT:-9092}"
   if ! scripts/kafka.sh status >/dev/null 2>&1; then STARTED_SERVICES+=(kafka); fi
   if ! clickhouse status >/dev/null 2>&1; then STARTED_SERVICES+=(clickhouse); fi
   trap stop_started_services EXIT
   scripts/kafka.sh up
   clickhouse up
-  local rc=0
-  say "test: pytest tests -q $*"
-  "$PY" -m pytest tests -q "$@" || rc=$?
+  # Default to the whole tests/ directory unless the arguments name test files or directories.
+  local rc=0 a targets=(tests)
+  for a in "$@"; do [[ "$a" != -* && -e "${a%%::*}" ]] && targets=() && break; done
+  say "test: pytest ${targets[*]} -q $*"
+  "$PY" -m pytest "${targets[@]}" -q "$@" || rc=$?
   if ((rc == 5)); then
     echo "test: pytest collected no tests; treating as failure" >&2
     rc=1

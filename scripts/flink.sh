@@ -2,7 +2,7 @@
 # Flink 2.2.1 standalone cluster (JobManager + one TaskManager) from PyPI's apache-flink wheels, plus a
 # Beam worker pool (EXTERNAL environment) beside it.
 # Usage: scripts/flink.sh setup|up|down|status
-# Env: FLINK_REST_PORT (8081), BEAM_WORKER_POOL_PORT (50000), FLINK_START_TIMEOUT seconds (120),
+# Env: FLINK_REST_PORT (8081), BEAM_WORKER_POOL_PORT (50000), FLINK_START_TIMEOUT seconds (180),
 #      FLINK_JOB_SERVER_JAR (path to a Beam Flink job-server jar to use instead of fetching one).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -22,7 +22,7 @@ export FLINK_CONF_DIR="$FLINK_RUN/conf"
 export FLINK_LOG_DIR="$FLINK_RUN/log"
 FLINK_REST_PORT=${FLINK_REST_PORT:-8081}
 REST="http://127.0.0.1:$FLINK_REST_PORT"
-FLINK_START_TIMEOUT=${FLINK_START_TIMEOUT:-120}
+FLINK_START_TIMEOUT=${FLINK_START_TIMEOUT:-180}
 POOL_PORT=${BEAM_WORKER_POOL_PORT:-50000}
 POOL_PID="$FLINK_RUN/worker-pool.pid"
 POOL_LOG="$FLINK_RUN/worker-pool.log"

@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Single-node Apache Kafka 4.x (KRaft, broker+controller in one JVM) built from Maven Central jars.
 # Usage: scripts/kafka.sh setup|up|down|status
-# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_DATA_DIR (.run/kafka/data),
-#      KAFKA_HEAP_OPTS (-Xms256m -Xmx768m), KAFKA_START_TIMEOUT seconds (90).
+# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_DATA_DIR (.run/kafka[-PORT]/data),
+#      KAFKA_HEAP_OPTS (-Xms256m -Xmx768m), KAFKA_START_TIMEOUT seconds (180).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
-KAFKA_HOME_RUN="$RUN_DIR/kafka"
+# A non-default port gets its own run dir (props, pid, log, data): two brokers never share state.
+if [[ "$KAFKA_PORT" == 9092 ]]; then KAFKA_HOME_RUN="$RUN_DIR/kafka"; else KAFKA_HOME_RUN="$RUN_DIR/kafka-$KAFKA_PORT"; fi
 KAFKA_DATA_DIR=${KAFKA_DATA_DIR:-$KAFKA_HOME_RUN/data}
 KAFKA_LIBS="$CACHE_DIR/kafka/libs"
 KAFKA_POM="$ROOT/deps/kafka/pom.xml"
 KAFKA_PROPS="$KAFKA_HOME_RUN/server.properties"
 KAFKA_LOG="$KAFKA_HOME_RUN/broker.log"
 KAFKA_PID="$KAFKA_HOME_RUN/broker.pid"
-KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
+KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-180}
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 # Unique text of our broker's command line (pid_alive checks it before signalling a pid).
 MARKER="$KAFKA_PROPS"
