@@ -60,20 +60,20 @@ setup_job_server() {
     return 0
   fi
   mkdir -p "$CACHE_DIR/jars"
-  local log="$CACHE_DIR/jars/job-server-fetch.log" missing="$CACHE_DIR/jars/.job-server-missing"
+  local log="$CACHE_DIR/jars/job-server-fetch.log" miss_stamp="$CACHE_DIR/jars/.job-server-missing"
   # A failed lookup costs ~15 s of Maven: remember it for a day (FLINK_JOB_SERVER_RETRY=1 forces one).
-  if [[ -f "$missing" && "${FLINK_JOB_SERVER_RETRY:-0}" != 1 ]] && [[ -n $(find "$missing" -mmin -1440) ]]; then
-    warn "flink: $JOB_SERVER_ARTIFACT not on the Maven mirror (checked $(date -r "$missing" +%H:%M); see flink-conf/README.md)"
+  if [[ -f "$miss_stamp" && "${FLINK_JOB_SERVER_RETRY:-0}" != 1 ]] && [[ -n $(find "$miss_stamp" -mmin -1440) ]]; then
+    warn "flink: $JOB_SERVER_ARTIFACT not on the Maven mirror (checked $(date -r "$miss_stamp" +%H:%M); see flink-conf/README.md)"
     return 0
   fi
   if mvn -B -q -Dstyle.color=never -Dmaven.repo.local="$CACHE_DIR/m2" \
     org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
     -Dartifact="$JOB_SERVER_ARTIFACT" -DoutputDirectory="$CACHE_DIR/jars" >"$log" 2>&1; then
-    rm -f "$missing"
+    rm -f "$miss_stamp"
     say "flink: job server jar fetched (.cache/jars/$(basename "$JOB_SERVER_JAR"))"
     return 0
   fi
-  touch "$missing"
+  touch "$miss_stamp"
   warn "flink: $JOB_SERVER_ARTIFACT is not on the reachable Maven repository ($(grep -o 'Could not find artifact [^ ]*' "$log" | head -1 || echo "see $log"))."
   warn "flink: the cluster still runs; Beam jobs on it need that jar: set FLINK_JOB_SERVER_JAR=/path/to/it" \
     "(pass it as --flink_job_server_jar). Details: flink-conf/README.md"

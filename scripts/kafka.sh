@@ -28,7 +28,7 @@ kafka_setup() {
   local stamp="$CACHE_DIR/kafka/.stamp" h
   h=$(inputs_hash "$KAFKA_POM")
   if stamp_ok "$stamp" "$h" && compgen -G "$KAFKA_LIBS/kafka_2.13-*.jar" >/dev/null; then
-    say "kafka: jars present ($(ls "$KAFKA_LIBS" | wc -l) in .cache/kafka/libs)"
+    say "kafka: jars present ($(find "$KAFKA_LIBS" -name "*.jar" | wc -l) in .cache/kafka/libs)"
     return 0
   fi
   say "kafka: resolving broker jars with Maven (first run ~20 s)"
@@ -38,7 +38,7 @@ kafka_setup() {
     dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
   compgen -G "$KAFKA_LIBS/kafka_2.13-*.jar" >/dev/null || die "kafka: no kafka_2.13 jar after mvn"
   stamp_write "$stamp" "$h"
-  say "kafka: $(ls "$KAFKA_LIBS" | wc -l) jars in .cache/kafka/libs"
+  say "kafka: $(find "$KAFKA_LIBS" -name "*.jar" | wc -l) jars in .cache/kafka/libs"
 }
 
 write_props() {

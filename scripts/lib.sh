@@ -1,6 +1,7 @@
 # Shared shell helpers for run.sh and scripts/*.sh. Source it; it defines functions and ROOT only.
 # shellcheck shell=bash
 
+# shellcheck disable=SC2034  # the variables below are used by the scripts that source this file
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="$ROOT/.cache"
 RUN_DIR="$ROOT/.run"
