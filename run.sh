@@ -135,10 +135,14 @@ run_test() {
   scripts/kafka.sh up
   clickhouse up
   # Default to the whole tests/ directory unless the arguments name test files or directories.
-  local rc=0 a targets=(tests)
+  local rc=0 a targets=(tests) tb=(--tb=native)
   for a in "$@"; do [[ "$a" != -* && -e "${a%%::*}" ]] && targets=() && break; done
-  say "test: pytest ${targets[*]} -q $*"
-  "$PY" -m pytest "${targets[@]}" -q "$@" || rc=$?
+  # Python 3.11.7's ast.parse can raise "SystemError: AST constructor recursion depth mismatch"
+  # (cpython gh-106905) while pytest formats a failure, and the INTERNALERROR ends the whole run.
+  # Native tracebacks do not parse source. An explicit --tb in the arguments wins.
+  for a in "$@"; do [[ "$a" == --tb* ]] && tb=(); done
+  say "test: pytest ${targets[*]} -q ${tb[*]} $*"
+  "$PY" -m pytest "${targets[@]}" -q "${tb[@]}" "$@" || rc=$?
   if ((rc == 5)); then
     echo "test: pytest collected no tests; treating as failure" >&2
     rc=1
