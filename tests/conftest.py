@@ -15,9 +15,14 @@ sys.path.insert(0, str(ROOT))
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 
 
-def _run_sh(*args: str, timeout: float = 300) -> None:
+def _run_sh(*args: str, timeout: float = 300, env: dict | None = None) -> None:
     proc = subprocess.run(
-        [str(ROOT / "run.sh"), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [str(ROOT / "run.sh"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     if proc.returncode != 0:
         raise RuntimeError(

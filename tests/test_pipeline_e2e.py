@@ -21,6 +21,7 @@ def _write_config(tmp_path, prefix: str, chdb_path) -> str:
     raw["kafka"]["consumer"]["bootstrap.servers"] = raw["kafka"]["producer"]["bootstrap.servers"] = BOOTSTRAP
     raw["routes"]["topic_template"] = prefix + ".out.{category}"
     raw["routes"]["dlq_topic"] = f"{prefix}.dlq"
+    raw["routes"]["topic_partitions"] = 1  # fewer partitions: a broker restart recovers them all
     raw["sinks"]["clickhouse"]["url"] = f"chdb://{chdb_path}"
     raw["unpack"]["envelopes"] = [
         {"topic": r".*\.gamelogs", "envelope": "logs"},
