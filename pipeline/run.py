@@ -19,7 +19,7 @@ from pipeline.config import UNSET, PipelineConfig, load_config
 from pipeline.graph import build_pipeline
 from pipeline.options import ClassifierOptions
 from pipeline.prism import prism_job_server
-from pipeline.runners import runner_name, with_defaults
+from pipeline.runners import FLINK_JOB_SERVER_JAR, runner_name, with_defaults
 from transforms.common import ConfigError
 from transforms.kafkaio import request_stop, reset_stop
 
@@ -262,6 +262,14 @@ def run_pipeline(argv: list[str]) -> int:
         return 2
     argv = with_defaults(argv, cfg.read.bounded)
     runner = runner_name(argv)
+    if runner == "FlinkRunner" and not any(a.startswith("--flink_job_server_jar") for a in argv):
+        print(
+            f"error: FlinkRunner needs the Beam Flink job-server jar ({FLINK_JOB_SERVER_JAR.name}), which is "
+            f"not in {FLINK_JOB_SERVER_JAR.parent} and not on the Maven mirror this machine reaches; get it "
+            "elsewhere and pass --flink_job_server_jar=PATH (see flink-conf/README.md)",
+            file=sys.stderr,
+        )
+        return 2
     cfg = for_runner(cfg, runner)
     with ExitStack() as stack:
         if runner == "PrismRunner" and not any(a.startswith("--job_endpoint") for a in argv):
