@@ -151,47 +151,60 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_savepoint(args: argparse.Namespace) -> int:
-    flink = Flink(args.flink_url)
-    job = flink.job(args.job)
-    if job.get("state") not in ("RUNNING", None):
-        raise FlinkError(f"job {args.job} is {job.get('state')}: a savepoint needs a RUNNING job")
-    if args.stop:
+def trigger_savepoint(flink: Flink, job: str, directory: str | None, stop: bool) -> str:
+    """POST the trigger; returns Flink's request id (the trigger id to poll)."""
+    if stop:
         # Drain: sources emit MAX_WATERMARK so every window fires before the job stops.
         body: dict[str, Any] = {"drain": True}
-        if args.dir:
-            body["targetDirectory"] = args.dir
-        trigger = flink.call("POST", f"/jobs/{args.job}/stop", body)
+        if directory:
+            body["targetDirectory"] = directory
+        trigger = flink.call("POST", f"/jobs/{job}/stop", body)
     else:
         body = {"cancel-job": False}
-        if args.dir:
-            body["target-directory"] = args.dir
-        trigger = flink.call("POST", f"/jobs/{args.job}/savepoints", body)
+        if directory:
+            body["target-directory"] = directory
+        trigger = flink.call("POST", f"/jobs/{job}/savepoints", body)
     rid = trigger.get("request-id")
     if not rid:
         raise FlinkError(f"no request-id in the trigger answer: {trigger}")
-    deadline = time.monotonic() + args.timeout
+    return rid
+
+
+def wait_savepoint(flink: Flink, job: str, rid: str, timeout: float) -> str:
+    """Polls the trigger until Flink reports it COMPLETED; returns the savepoint path. A failed savepoint
+    is also COMPLETED, with a failure-cause instead of a location: FlinkError with its innermost cause."""
+    deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = flink.call("GET", f"/jobs/{args.job}/savepoints/{rid}")
+        status = flink.call("GET", f"/jobs/{job}/savepoints/{rid}")
         if (status.get("status") or {}).get("id") == "COMPLETED":
             break
         time.sleep(0.5)
     else:
-        raise FlinkError(f"savepoint {rid} of job {args.job} not done after {args.timeout:.0f} s "
-                         f"(still {(status.get('status') or {}).get('id')}); poll GET /jobs/{args.job}/"
+        raise FlinkError(f"savepoint {rid} of job {job} not done after {timeout:.0f} s "
+                         f"(still {(status.get('status') or {}).get('id')}); poll GET /jobs/{job}/"
                          f"savepoints/{rid}")
     op = status.get("operation") or {}
     if "failure-cause" in op or not op.get("location"):
         cause = op.get("failure-cause") or {}
         why = _cause_line(cause.get("stack-trace") or str(cause))
-        raise FlinkError(f"savepoint of job {args.job} FAILED: {why}")
-    doc = {"job": args.job, "request_id": rid, "status": "COMPLETED", "location": op["location"],
+        raise FlinkError(f"savepoint of job {job} FAILED: {why}")
+    return op["location"]
+
+
+def cmd_savepoint(args: argparse.Namespace) -> int:
+    flink = Flink(args.flink_url)
+    job = flink.job(args.job)
+    if job.get("state") not in ("RUNNING", None):
+        raise FlinkError(f"job {args.job} is {job.get('state')}: a savepoint needs a RUNNING job")
+    rid = trigger_savepoint(flink, args.job, args.dir, args.stop)
+    location = wait_savepoint(flink, args.job, rid, args.timeout)
+    doc = {"job": args.job, "request_id": rid, "status": "COMPLETED", "location": location,
            "stopped": bool(args.stop)}
     if args.json:
         _out(doc)
     else:
-        print(f"savepoint COMPLETED: {op['location']}" + (" (job stopped, drained)" if args.stop else ""))
+        print(f"savepoint COMPLETED: {location}" + (" (job stopped, drained)" if args.stop else ""))
     return 0
 
 

@@ -89,3 +89,19 @@ def test_savepoint_and_cancel_of_unknown_job(flink):
         assert proc.stderr.strip() == f"flink {args[0]}: job {unknown} not found on {FLINK_URL}"
     proc = cli("cancel", "not-a-job")
     assert proc.returncode == 1 and "is not a Flink job id" in proc.stderr
+
+
+def test_savepoint_trigger_and_poll_report_flink_failure(flink):
+    """The trigger/poll path against the real cluster: Flink accepts a trigger for any well-formed id and
+    reports the failure through the poll, which must come out as one clear error."""
+    from pipeline.cli_flink import Flink, FlinkError, trigger_savepoint, wait_savepoint
+
+    unknown = "fedcba9876543210fedcba9876543210"
+    client = Flink(flink)
+    for stop in (False, True):
+        rid = trigger_savepoint(client, unknown, "/tmp/h5-sp", stop)
+        assert len(rid) == 32
+        with pytest.raises(FlinkError) as exc:
+            wait_savepoint(client, unknown, rid, timeout=30)
+        assert str(exc.value) == (f"savepoint of job {unknown} FAILED: Could not find Flink job ({unknown}) "
+                                  "(FlinkJobNotFoundException)")
