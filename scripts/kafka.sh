@@ -34,8 +34,10 @@ kafka_setup() {
   say "kafka: resolving broker jars with Maven (first run ~20 s)"
   rm -rf "$KAFKA_LIBS"
   mkdir -p "$KAFKA_LIBS"
+  local log="$CACHE_DIR/kafka/mvn.log"
   mvn -B -q -Dstyle.color=never -f "$KAFKA_POM" -Dmaven.repo.local="$CACHE_DIR/m2" \
-    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >"$log" 2>&1 ||
+    { tail_log "$log"; die "kafka: mvn could not resolve the broker jars (log: $log)"; }
   compgen -G "$KAFKA_LIBS/kafka_2.13-*.jar" >/dev/null || die "kafka: no kafka_2.13 jar after mvn"
   stamp_write "$stamp" "$h"
   say "kafka: $(find "$KAFKA_LIBS" -name "*.jar" | wc -l) jars in .cache/kafka/libs"
