@@ -112,7 +112,8 @@ def line_chart(series: dict[str, list[list[int]]], bucket_ms: int, width: int = 
     w, h = width - left - right, height - top - bottom
     times = sorted({t for pts in series.values() for t, _ in pts})
     t0, t1 = times[0], max(times[-1], times[0] + bucket_ms)
-    ymax = _nice_max(max(n for pts in series.values() for _, n in pts))
+    # Four grid steps of a round size (1, 2, 2.5, 5 x 10^k).
+    ymax = 4 * max(1.0, _nice_max(max(n for pts in series.values() for _, n in pts) / 4))
 
     def x(t: int) -> float:
         return left + (t - t0) / (t1 - t0) * w
