@@ -3,8 +3,9 @@
     python -m bench.clickhouse --rows 1000000 --json [--targets server,chdb] [--batch-rows 50000]
 
 Per batch of events (generated outside the timings):
-  sink:  the sink's own DoFn code: _ToRows.process per event (dict -> keyed row), the batch list, then
-         _InsertBatches.process (dedup token, retry wrapper, metrics, ONE client insert)  -> db bench_sink
+  sink:  the sink's own DoFn code: _ToRowChunks.process per event (dict -> row, chunking), the chunks of
+         the batch joined as GroupIntoBatches hands them over, _InsertBatches.process (chunk flattening,
+         dedup token, retry wrapper, metrics, ONE client insert)                           -> db bench_sink
   floor: the client's insert of rows built beforehand (no conversion, no sink code)        -> db bench_floor
 Both run interleaved batch by batch, so background merges and a busy machine hit both alike.
 Prints ONE JSON object: {"server": {"rows_per_s", "floor_rows_per_s", "ratio"}, "chdb": {...}, ...}.
@@ -50,7 +51,10 @@ def log(msg: str) -> None:
 
 
 def bench_target(name: str, url: str, rows: int, batch_rows: int) -> dict:
-    from transforms.clickhouse import _InsertBatches, _ToRows, validate_clickhouse_config
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import Timestamp
+
+    from transforms.clickhouse import _InsertBatches, _ToRowChunks, chunking, validate_clickhouse_config
     from transforms.clickhouse_client import connect
     from transforms.clickhouse_rows import EVENTS
     from transforms.clickhouse_schema import ensure_schema
@@ -64,9 +68,11 @@ def bench_target(name: str, url: str, rows: int, batch_rows: int) -> dict:
     ensure_schema(floor_cfg, client, force=True)
     log(f"{name}: ClickHouse {'.'.join(map(str, client.version))}, {rows} rows in batches of {batch_rows}")
 
-    to_rows = _ToRows(EVENTS, sink_cfg.shards, keyed=True)
-    to_rows.setup()
-    insert = _InsertBatches(sink_cfg, EVENTS, create_schema=False)
+    chunk_rows, _ = chunking(batch_rows)
+    to_chunks = _ToRowChunks(EVENTS, sink_cfg.shards, chunk_rows, sink_cfg.max_buffer_s)
+    to_chunks.setup()
+    window, ts = GlobalWindow(), Timestamp(0)
+    insert = _InsertBatches(sink_cfg, EVENTS, create_schema=False, chunked=True)
     insert.setup()
     insert._writer.client()  # connect outside the timings, as the floor's client is
     layout = EVENTS
@@ -82,13 +88,16 @@ def bench_target(name: str, url: str, rows: int, batch_rows: int) -> dict:
             if side == "floor":  # the bare client insert of pre-built rows
                 client.insert(layout.name, layout.columns, prebuilt, types=layout.types)
                 t_floor += time.perf_counter() - t
-            else:  # the sink: per-element conversion + keying, the batch, the batch DoFn
-                batch = []
-                append = batch.append
+            else:  # the sink: per-element conversion + chunking, the chunks of the batch, the batch DoFn
+                to_chunks.start_bundle()
+                chunks = []
+                append = chunks.append
+                process = to_chunks.process
                 for e in events:
-                    for keyed in to_rows.process(e):
+                    for keyed in process(e, window, ts):
                         append(keyed[1])
-                dead = list(insert.process((0, batch)))
+                chunks.extend(wv.value[1] for wv in to_chunks.finish_bundle())
+                dead = list(insert.process((0, chunks)))
                 t_sink += time.perf_counter() - t
         if dead:
             raise RuntimeError(f"{name}: sink rejected rows: {dead[0]['reason']}")
