@@ -193,6 +193,15 @@ def test_event_row_fast_and_lenient_paths():
         event_row({"event_time": 1500})
 
 
+def test_chunking_never_exceeds_batch_rows():
+    from transforms.clickhouse import MAX_CHUNK_ROWS, chunking
+
+    for batch_rows in (1, 2, 24, 25, 26, 100, 999, 1000, 50_000, 123_457):
+        chunk_rows, per_batch = chunking(batch_rows)
+        assert 1 <= chunk_rows <= MAX_CHUNK_ROWS and per_batch >= 1
+        assert chunk_rows * per_batch <= batch_rows < chunk_rows * (per_batch + 1)
+
+
 # --- schema ------------------------------------------------------------------------------------------------
 
 def test_schema_matches_row_layouts(target):
