@@ -239,6 +239,9 @@ def engine_result(name: str, res, t_start: float, watch: OutputWatch, events: in
         "per_topic": {t: n for t, n in counts.items() if n},
         "self_report": report,
     }
+    first_output_at = getattr(watch, "first_output_at", None)
+    if first_output_at is not None:
+        out["first_output_s"] = round(first_output_at - t_start, 2)
     if extra:
         out.update(extra)
     if res.rc != 0:
@@ -251,6 +254,19 @@ def _last_json(stdout: str) -> dict | None:
         if line.startswith("{"):
             try:
                 return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def _log_time(log: str, marker: str) -> float | None:
+    """Epoch seconds of the first `asctime` log line containing `marker` (local time, as logging writes)."""
+    import datetime as dt
+
+    for line in log.splitlines():
+        if marker in line:
+            try:
+                return dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
             except ValueError:
                 return None
     return None
@@ -281,7 +297,7 @@ def clickhouse_events(url: str, src_topic: str) -> int | None:
 
 
 def run_ours(work: Path, topic: str, prefix: str, rules_yaml: Path, events: int, expected: int,
-             categories: list[str], timeout: float) -> dict:
+             categories: list[str], timeout: float, profile: Path | None = None) -> dict:
     raw = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     ch_url = clickhouse_url()
     raw["kafka"]["consumer"]["bootstrap.servers"] = BOOTSTRAP
@@ -297,12 +313,19 @@ def run_ours(work: Path, topic: str, prefix: str, rules_yaml: Path, events: int,
     cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     out_topics = [prefix + c for c in categories] + [prefix + "dlq"]
     create_topics(out_topics, PARTITIONS)
-    cmd = [sys.executable, "-m", "pipeline", f"--config={cfg_path}", "--stop_at_end",
+    prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    cmd = [sys.executable, *prof, "-m", "pipeline", f"--config={cfg_path}", "--stop_at_end",
            f"--group_id={prefix}group", "--start_from=earliest"]
     with OutputWatch(out_topics) as watch:
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
         res = run_child(cmd, "e2e.ours", timeout)
     ch_rows = clickhouse_events(ch_url, topic)
+    # On FnApiRunner the Kafka outputs come out at the very end (the write stage runs after the read
+    # stage), so "first output" is no start-up mark for ours: use the reader's "bounded read of" log line.
+    read_at = _log_time(res.stderr, "bounded read of")
+    if read_at is not None:
+        watch.first_output_at = watch.first_at
+        watch.first_at = t0 + (read_at - wall0)
     return engine_result("ours", res, t0, watch, events, expected, out_topics, None, {
         "runner": "DirectRunner -> FnApiRunner (bounded), 1 process", "clickhouse": ch_url.split("@")[-1],
         "clickhouse_events_rows": ch_rows})
@@ -326,6 +349,15 @@ def run_peer(name: str, work: Path, topic: str, prefix: str, rules_json: Path, e
     return engine_result(name, res, t0, watch, events, expected, out_topics, _last_json(res.stdout), extra)
 
 
+def print_profile(path: Path, top: int = 40) -> None:
+    import pstats
+
+    progress(f"cProfile of ours ({path}), top {top} by internal time, then cumulative:")
+    pstats.Stats(str(path), stream=sys.stderr).sort_stats("tottime").print_stats(top)
+    stats = pstats.Stats(str(path), stream=sys.stderr).sort_stats("cumulative")
+    stats.print_stats(r"/work/main/transforms", top)
+
+
 # --- Main ----------------------------------------------------------------------------------------
 
 
@@ -338,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--timeout", type=float, default=1800, help="per engine, seconds")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--profile", action="store_true",
+                    help="run ours under cProfile (stderr; .prof under .run/bench/e2e-*/); its figures then "
+                    "include the profiler's overhead")
     ap.add_argument("--keep-topics", action="store_true", help="keep this run's topics (default: delete)")
     args = ap.parse_args(argv)
     peers = list(PEERS) if args.peers == "all" else [p for p in args.peers.split(",") if p and p != "none"]
@@ -372,8 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         events = produced["events"]
         progress(f"produced {produced}")
         expected = produced["expected_outputs"]
+        profile = work / "ours.prof" if args.profile else None
         results["ours"] = run_ours(work, topic, f"{base}.ours.", rules_yaml, events, expected, categories,
-                                   args.timeout)
+                                   args.timeout, profile)
+        if profile:
+            print_profile(profile)
         progress(f"ours: {results['ours']}")
         for p in peers:
             results[p] = run_peer(p, work, topic, f"{base}.{p}.", rules_json, events, expected, categories,
