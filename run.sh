@@ -111,10 +111,17 @@ stop_started_services() {
 # When this checkout's broker is not running but the Kafka ports are taken (e.g. a broker of another
 # checkout on the same machine), run the suite on a free port pair with its own data dir.
 pick_kafka_port() {
-  local port=${KAFKA_PORT:-9092} p
+  local port=${KAFKA_PORT:-9092} p props
   scripts/kafka.sh status >/dev/null 2>&1 && return 0
   port_open 127.0.0.1 "$port" || port_open 127.0.0.1 "$((port + 1))" || return 0
-  for p in 19092 29092 39092 49092; do
+  # A broker of this checkout that is starting or stopping (another process restarting it) is not a
+  # foreign server: kafka.sh serializes with it. Only a server of another checkout triggers the fallback.
+  if [[ "$port" == 9092 ]]; then props="$RUN_DIR/kafka/server.properties"; else props="$RUN_DIR/kafka-$port/server.properties"; fi
+  find_pid kafka.Kafka "$props" >/dev/null && return 0
+  # Ports derived from this checkout's path (20092..32592, below the ephemeral range), so two clones
+  # that fall back at the same moment do not race for the same pair.
+  local base=$((20000 + $(cksum <<<"$ROOT" | cut -d' ' -f1) % 126 * 100 + 92))
+  for p in "$base" $((base + 7)) $((base + 23)) $((base + 51)); do
     if ! port_open 127.0.0.1 "$p" && ! port_open 127.0.0.1 "$((p + 1))"; then
       warn "kafka: 127.0.0.1:$port is taken by a server this checkout did not start; using port $p"
       export KAFKA_PORT=$p KAFKA_CONTROLLER_PORT=$((p + 1))

@@ -104,8 +104,6 @@ from confluent_kafka.admin import AdminClient
 md = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=3)
 sys.exit(0 if md.brokers else 1)
 EOF
-  else
-    grep -q 'Kafka Server started' "$KAFKA_LOG"
   fi
 }
 
@@ -149,7 +147,8 @@ kafka_up() {
       rm -f "$KAFKA_PID"
       die "kafka: broker exited during start-up (log: $KAFKA_LOG)"
     fi
-    if port_open 127.0.0.1 "$KAFKA_PORT" && broker_answers; then
+    # Our own log must say started: a different server answering on the port is not our broker.
+    if grep -q 'Kafka Server started' "$KAFKA_LOG" && port_open 127.0.0.1 "$KAFKA_PORT" && broker_answers; then
       say "kafka: up on $BOOTSTRAP (pid $(cat "$KAFKA_PID"), ready in $((SECONDS - t0)) s, data $KAFKA_DATA_DIR)"
       return 0
     fi
