@@ -92,7 +92,8 @@ clickhouse() {
   bash scripts/clickhouse.sh "$@"
 }
 
-# Services that `test` started itself are stopped again when it ends (unless KEEP_SERVICES=1),
+# Services that were not running when `test` began (Kafka, ClickHouse, and Flink if a test starts it) are
+# stopped again when it ends (unless KEEP_SERVICES=1),
 # so a CI run or a developer's run leaves the machine as it found it.
 STARTED_SERVICES=()
 stop_started_services() {
@@ -102,6 +103,7 @@ stop_started_services() {
       case "$s" in
         kafka) scripts/kafka.sh down || true ;;
         clickhouse) clickhouse down || true ;;
+        flink) scripts/flink.sh down || true ;;
       esac
     done
   fi
@@ -138,7 +140,11 @@ run_test() {
   export KAFKA_BOOTSTRAP="127.0.0.1:${KAFKA_PORT:-9092}"
   if ! scripts/kafka.sh status >/dev/null 2>&1; then STARTED_SERVICES+=(kafka); fi
   if ! clickhouse status >/dev/null 2>&1; then STARTED_SERVICES+=(clickhouse); fi
+  # Tests may start Flink themselves (./run.sh flink-up); stop it afterwards if it was not running before.
+  if ! scripts/flink.sh status >/dev/null 2>&1; then STARTED_SERVICES+=(flink); fi
   trap stop_started_services EXIT
+  trap 'exit 143' TERM
+  trap 'exit 130' INT
   scripts/kafka.sh up
   if ! clickhouse up; then
     # A ClickHouse of another checkout (same project, same config) may hold the ports: tests only need a
