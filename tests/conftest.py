@@ -76,6 +76,22 @@ def produce(
     assert p.flush(30) == 0
 
 
+def _watermarks(consumer, topic: str, partition: int, timeout: float = 60.0) -> tuple[int, int]:
+    """Low/high offsets, waiting out leader elections (e.g. right after a broker restart)."""
+    import time
+
+    from confluent_kafka import KafkaException, TopicPartition
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        except KafkaException as e:
+            if not e.args[0].retriable() or time.time() > deadline:
+                raise
+            time.sleep(1)
+
+
 def read_all(topic: str, timeout: float = 30.0) -> list:
     """Every record now in `topic` (all partitions, start to current end), as confluent Messages."""
     from confluent_kafka import Consumer, TopicPartition
@@ -93,7 +109,7 @@ def read_all(topic: str, timeout: float = 30.0) -> list:
         ends = {}
         assign = []
         for p in md.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = _watermarks(c, topic, p)
             if high > low:
                 ends[p] = high
                 assign.append(TopicPartition(topic, p, low))

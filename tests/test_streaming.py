@@ -19,7 +19,16 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.conftest import BOOTSTRAP, ROOT, _run_sh, create_topics, kafka_answers, produce, read_all
+from tests.conftest import (
+    BOOTSTRAP,
+    ROOT,
+    _run_sh,
+    _watermarks,
+    create_topics,
+    kafka_answers,
+    produce,
+    read_all,
+)
 
 pytestmark = pytest.mark.slow
 CATEGORIES = ("PERF_CRASH", "PERF_LAG", "PERF_ANR", "UNCLASSIFIED")
@@ -191,7 +200,7 @@ def _committed_lag(group: str, topic: str, partitions: int) -> int:
         lag = 0
         committed = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         for tp in committed:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            low, high = _watermarks(c, topic, tp.partition)
             lag += high - (tp.offset if tp.offset >= 0 else low)
         return lag
     finally:

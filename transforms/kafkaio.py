@@ -174,15 +174,41 @@ def list_partitions(cfg: ReadConfig, consumer=None, timeout: float = 10.0) -> li
     return out
 
 
+def _retrying(call, what: str, budget_s: float = 120.0):
+    """`call()` again while the broker answers with a retriable error (leader election, restart)."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + budget_s
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except KafkaException as e:
+            err = e.args[0]
+            if not err.retriable() and err.name() not in (
+                "_TRANSPORT",
+                "_TIMED_OUT",
+                "NOT_LEADER_FOR_PARTITION",
+            ):
+                raise
+            if time.monotonic() > deadline:
+                raise KafkaReadError(f"{what}: {err.str()} (retried for {budget_s:.0f} s)") from e
+            log.warning("%s: %s; retrying in %.1f s", what, err.str(), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def resolve_start(consumer, topic: str, partition: int, policy: str) -> int:
     """The first offset to read for a start policy; `committed` falls back to earliest."""
     from confluent_kafka import TopicPartition
 
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    tp = TopicPartition(topic, partition)
+    what = f"offsets of {topic}[{partition}]"
+    low, high = _retrying(lambda: consumer.get_watermark_offsets(tp, timeout=10), what)
     if policy == "latest":
         return high
     if policy == "committed":
-        committed = consumer.committed([TopicPartition(topic, partition)], timeout=10)[0].offset
+        committed = _retrying(lambda: consumer.committed([tp], timeout=10), what)[0].offset
         if committed >= 0:
             return max(committed, low)
     return low
@@ -197,7 +223,10 @@ def plan_bounded(cfg: ReadConfig) -> list[PartitionSpec]:
         specs = []
         for topic, p in list_partitions(cfg, consumer):
             start = resolve_start(consumer, topic, p, cfg.start)
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            _, high = _retrying(
+                lambda t=topic, p=p: consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10),
+                f"end offset of {topic}[{p}]",
+            )
             specs.append(PartitionSpec(topic, p, start, max(start, high)))
     finally:
         consumer.close()
