@@ -16,9 +16,11 @@ the bench checks that each engine's output record count equals the input event c
   - quixstreams:   bench/peers/quix_peer.py in its own venv (Python `re`, first rule in rank order);
   - go-regexp:     bench/peers/go-regexp (segmentio/kafka-go consumer group + Go regexp), GOMAXPROCS=nproc;
   - go-hyperscan:  bench/peers/go-hyperscan (the same with github.com/flier/gohs + libhyperscan).
-Figures per engine: events/s from process start to exit (wall), events/s from the first output record
-seen on its topics to exit (excluding start-up), and events per CPU-second of the process and its
-children (os.wait4 rusage; the broker's CPU is not counted). Engines run one after another.
+Figures per engine: events/s from process start to exit (wall), events/s from the moment data flows to
+exit (excluding start-up: the peers report when they consumed their first record; ours logs "bounded read
+of" when its reader starts), and events per CPU-second of the process and its children (os.wait4 rusage;
+the broker's CPU is not counted). `first_output_s`: when the first output record showed up on the
+engine's topics. Engines run one after another.
 """
 
 from __future__ import annotations
@@ -352,7 +354,12 @@ def run_peer(name: str, work: Path, topic: str, prefix: str, rules_json: Path, e
     with OutputWatch(out_topics) as watch:
         t0 = time.monotonic()
         res = run_child(cmd, f"e2e.{name}", timeout)
-    return engine_result(name, res, t0, watch, events, expected, out_topics, _last_json(res.stdout), extra)
+    report = _last_json(res.stdout)
+    if report and report.get("startup_s") is not None:
+        # the peer's own mark (first input record consumed): outputs may show up only at its end
+        watch.first_output_at = watch.first_at
+        watch.first_at = t0 + report["startup_s"]
+    return engine_result(name, res, t0, watch, events, expected, out_topics, report, extra)
 
 
 def print_profile(path: Path, top: int = 40) -> None:
