@@ -25,37 +25,44 @@ def build_pipeline(p: beam.Pipeline, cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def build_from_records(records, cfg: PipelineConfig) -> dict[str, Any]:
-    """Everything after the source: lets tests feed KafkaRecords from TestStream or Create."""
+    """Everything after the source: lets tests feed KafkaRecords from TestStream or Create.
+
+    Each output hangs directly off the stage that produces its input (no Flatten across stages):
+    the category topics, the input dead letters and (on local runners) the ClickHouse events stay
+    fused with the read, so a bundle's offsets are committed, at bundle finalization, only after
+    its records were written, and output flows while the job runs instead of piling up in memory.
+    """
     unpacked = records | "Unpack" >> Unpack(cfg.unpack)
     classified = unpacked.events | "Classify" >> Classify(cfg.classify)
     events = classified.events
+    _ = (
+        events
+        | "RouteByCategory" >> EventsToCategoryTopics(cfg.routes.topic_template)
+        | "WriteEvents" >> WriteToKafka(cfg.producer)
+    )
     aggregates = events | "WindowMetrics" >> WindowMetrics(cfg.window)
 
-    dead_letter_parts = [unpacked.dlq, classified.dlq]
+    dead_letters = {"Input": (unpacked.dlq, classified.dlq) | "InputDeadLetters" >> beam.Flatten()}
     if cfg.clickhouse is not None:
         from transforms.clickhouse import WriteToClickHouse
 
-        dead_letter_parts.append(
-            events | "EventsToClickHouse" >> WriteToClickHouse(cfg.clickhouse, table="events")
+        dead_letters["EventsSink"] = events | "EventsToClickHouse" >> WriteToClickHouse(
+            cfg.clickhouse, "events"
         )
         # Sinks batch across windows: aggregates go back to the global window (their own window
-        # bounds are columns), which also lets their dead letters flatten with the others.
-        dead_letter_parts.append(
+        # bounds are columns).
+        dead_letters["AggregatesSink"] = (
             aggregates
             | "AggregatesToGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
-            | "AggregatesToClickHouse" >> WriteToClickHouse(cfg.clickhouse, table="window_aggregates")
+            | "AggregatesToClickHouse" >> WriteToClickHouse(cfg.clickhouse, "window_aggregates")
         )
-    dead_letters = dead_letter_parts | "AllDeadLetters" >> beam.Flatten()
-
-    to_kafka = (
-        events | "RouteByCategory" >> EventsToCategoryTopics(cfg.routes.topic_template),
-        dead_letters | "DeadLettersToDLQ" >> DeadLettersToTopic(cfg.routes.dlq_topic),
-    ) | "KafkaOutputs" >> beam.Flatten()
-    to_kafka | "WriteToKafka" >> WriteToKafka(cfg.producer)
-
-    if cfg.clickhouse is not None:
-        from transforms.clickhouse import WriteToClickHouse
-
-        # Rejections of the dead-letter table itself cannot go anywhere but the logs and metrics.
-        dead_letters | "DeadLettersToClickHouse" >> WriteToClickHouse(cfg.clickhouse, table="dead_letters")
+    for name, dls in dead_letters.items():
+        _ = (
+            dls
+            | f"{name}DeadLettersToDLQ" >> DeadLettersToTopic(cfg.routes.dlq_topic)
+            | f"Write{name}DeadLetters" >> WriteToKafka(cfg.producer)
+        )
+        if cfg.clickhouse is not None:
+            # Rejections of the dead-letter table itself go to the logs and metrics only.
+            _ = dls | f"{name}DeadLettersToClickHouse" >> WriteToClickHouse(cfg.clickhouse, "dead_letters")
     return {"events": events, "aggregates": aggregates, "dead_letters": dead_letters}
