@@ -5,7 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.common import VALIDATION_ERROR, dead_letter, dead_letter_from_kafka
@@ -41,7 +41,7 @@ def test_topic_names_are_legal():
 
 
 def test_events_go_to_their_category_topic_with_key_value_and_child_header():
-    with TestPipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+    with BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
         msgs = (
             p
             | beam.Create([_event("PERF_CRASH"), _event("PERF_LAG", None)])
@@ -83,7 +83,7 @@ def test_dead_letters_keep_original_bytes_and_carry_the_reason_in_headers():
         key=b"k",
         headers=(("traceparent", PARENT.encode()),),
     )
-    with TestPipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+    with BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
         msgs = p | beam.Create([dl]) | DeadLettersToTopic("pipeline.dlq")
         back = msgs | beam.Map(lambda m: (m.topic, dead_letter_from_kafka(m.key, m.value, list(m.headers))))
         assert_that(
@@ -117,3 +117,30 @@ def test_dead_letters_keep_original_bytes_and_carry_the_reason_in_headers():
                 ]
             ),
         )
+
+
+def test_traceparent_parsing_agrees_with_the_otel_propagator():
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    prop = TraceContextTextMapPropagator()
+    cases = [
+        PARENT,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+        "garbage",
+    ]
+    for parent in cases:
+        ctx = trace.get_current_span(prop.extract({"traceparent": parent})).get_span_context()
+        child = child_traceparent(parent)
+        assert (child is not None) == ctx.is_valid, parent
+        if child is not None:
+            assert child.split("-")[1] == trace.format_trace_id(ctx.trace_id)
+            assert int(child.split("-")[3], 16) == int(ctx.trace_flags) & 0x01

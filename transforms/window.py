@@ -261,7 +261,10 @@ class WindowMetrics(beam.PTransform):
 
     def expand(self, pcoll):
         cfg = self._cfg
-        early = trigger.AfterProcessingTime(cfg.early_firing_s) if cfg.early_firing_s else None
+        # Never rather than no early trigger: Beam's runners lift the combiner (pre-combine before the
+        # shuffle, instead of shuffling every event) only when each sub-trigger is explicitly compatible,
+        # and an absent early trigger is read as an unknown one. Never fires, so the panes are the same.
+        early = trigger.AfterProcessingTime(cfg.early_firing_s) if cfg.early_firing_s else trigger._Never()
         return (
             pcoll
             | "KeyByCategoryApp" >> beam.ParDo(_KeyByCategoryApp(cfg))
