@@ -150,7 +150,9 @@ class Generator:
         r = self.rng
         system = r.choice(sorted(self.server))
         out = []
-        bad_at = set(r.sample(range(lines), bad_lines)) if bad_lines else set()
+        # Never the first line: with envelope auto-detection a value whose first line is not JSON is
+        # rejected whole (one dead letter), not line by line.
+        bad_at = set(r.sample(range(1, lines), bad_lines)) if bad_lines else set()
         for i in range(lines):
             if i in bad_at:
                 out.append(b'{"app_id": "svc.' + system.lower().encode() + b'", "message": unterminated')
