@@ -137,20 +137,22 @@ start_cluster() {
   say "flink: start-cluster.sh (conf $FLINK_CONF_DIR)"
   "$FLINK_HOME/bin/start-cluster.sh" </dev/null >"$FLINK_RUN/start-cluster.out" 2>&1 9>&- ||
     { cat "$FLINK_RUN/start-cluster.out" >&2; log_tails; die "flink: start-cluster.sh failed"; }
-  # start-cluster.sh returns before the TaskManager registers: wait for a TM in /overview.
-  local deadline=$((SECONDS + FLINK_START_TIMEOUT)) tms=0 ov
+  # start-cluster.sh returns before the TaskManager registers: wait until /overview shows a TM with
+  # its slots (a TM can be listed a moment before its slots are).
+  local deadline=$((SECONDS + FLINK_START_TIMEOUT)) tms=0 slots=0 ov
   while ((SECONDS < deadline)); do
     if ov=$(overview 2>/dev/null); then
       tms=$(json_field taskmanagers <<<"$ov")
-      ((${tms:-0} >= 1)) && break
+      slots=$(json_field slots-total <<<"$ov")
+      ((${tms:-0} >= 1 && ${slots:-0} >= 1)) && break
     fi
     sleep 1
   done
-  if ((${tms:-0} < 1)); then
+  if ((${tms:-0} < 1 || ${slots:-0} < 1)); then
     log_tails
-    die "flink: no TaskManager registered at $REST within ${FLINK_START_TIMEOUT}s (logs: $FLINK_LOG_DIR)"
+    die "flink: no TaskManager with slots at $REST within ${FLINK_START_TIMEOUT}s (logs: $FLINK_LOG_DIR)"
   fi
-  say "flink: cluster up at $REST in $((SECONDS - t0)) s ($tms TaskManager, $(json_field slots-total <<<"$ov") slots)"
+  say "flink: cluster up at $REST in $((SECONDS - t0)) s ($tms TaskManager, $slots slots)"
 }
 
 start_worker_pool() {
