@@ -7,7 +7,7 @@ source scripts/lib.sh
 
 BEAM_VERSION=2.77.0
 PRISM_BIN="$CACHE_DIR/bin/prism"
-DEBIAN_PACKAGES=(openjdk-17-jre-headless maven curl ca-certificates)
+DEBIAN_PACKAGES=(openjdk-17-jre-headless maven curl ca-certificates chromium)
 
 usage() {
   cat <<'EOF'

@@ -14,7 +14,7 @@ requirements = [
 setup(
     name="perf-classifier-pipeline",
     version="0.1.0",
-    description="Beam pipeline: Kafka performance/log events -> classified, windowed metrics -> Kafka + ClickHouse",
+    description="Beam pipeline: Kafka perf/log events -> classified, windowed metrics -> Kafka + ClickHouse",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     package_data={"pipeline": ["../rules/*.yaml", "../config/*.yaml", "../sql/*.sql"]},
     python_requires=">=3.11",

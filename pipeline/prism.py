@@ -20,6 +20,19 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def _detach_but_die_with_parent() -> None:
+    """In the child: a session of its own (terminal and process-group signals do not reach it), but
+    SIGTERM when the launcher dies, even by kill -9, so no Prism is left behind (Linux prctl)."""
+    import ctypes
+    import signal
+
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,7 +52,7 @@ def prism_job_server(binary: str, log_dir: Path, timeout_s: float = 60.0) -> Ite
             [binary, "--job_port", str(port), "--serve_http=false", "--log_level", "warn"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            preexec_fn=_detach_but_die_with_parent,
         )
     try:
         deadline = time.monotonic() + timeout_s

@@ -31,6 +31,7 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.slow
+CH_PORT = int(os.environ.get("CLICKHOUSE_TCP_PORT", "9000"))
 CATEGORIES = ("PERF_CRASH", "PERF_LAG", "PERF_ANR", "UNCLASSIFIED")
 MESSAGES = {
     "PERF_CRASH": "FATAL EXCEPTION: main java.lang.NullPointerException",
@@ -43,7 +44,7 @@ MESSAGES = {
 @pytest.fixture(scope="module")
 def ch_server() -> str:
     _run_sh("clickhouse-up")
-    return "127.0.0.1:9000"
+    return f"127.0.0.1:{CH_PORT}"
 
 
 def _config(tmp_path, prefix: str, database: str) -> str:
@@ -53,7 +54,7 @@ def _config(tmp_path, prefix: str, database: str) -> str:
     raw["routes"]["topic_template"] = prefix + ".out.{category}"
     raw["routes"]["dlq_topic"] = f"{prefix}.dlq"
     raw["routes"]["topic_partitions"] = 1  # fewer partitions: a broker restart recovers them all
-    raw["sinks"]["clickhouse"]["url"] = f"clickhouse://default@127.0.0.1:9000/{database}"
+    raw["sinks"]["clickhouse"]["url"] = f"clickhouse://default@127.0.0.1:{CH_PORT}/{database}"
     raw["sinks"]["clickhouse"]["database"] = database
     raw["window"]["size_s"] = 2
     raw["window"]["allowed_lateness_s"] = 10
@@ -191,7 +192,7 @@ def _wait_for(predicate, timeout: float, what: str, proc=None, log_path=None):
 def _ch(database: str, sql: str):
     from clickhouse_driver import Client
 
-    return Client(host="127.0.0.1", port=9000, database=database).execute(sql)
+    return Client(host="127.0.0.1", port=CH_PORT, database=database).execute(sql)
 
 
 def _committed_lag(group: str, topic: str, partitions: int) -> int:
