@@ -279,7 +279,9 @@ def _table_exists(db: str) -> bool:
         return False
 
 
-def test_new_topic_matching_the_pattern_is_picked_up(kafka, ch_server, tmp_path):
+def test_new_topics_and_partitions_matching_the_pattern_are_picked_up(kafka, ch_server, tmp_path):
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
     prefix, topic, db, config = _setup(tmp_path, partitions=2)
     log_path = tmp_path / "pipeline.log"
     produce(topic, [_event("PERF_CRASH", 0)])
@@ -289,19 +291,36 @@ def test_new_topic_matching_the_pattern_is_picked_up(kafka, ch_server, tmp_path)
         time.sleep(8)  # running, with the first topic only
         new_topic = f"{prefix}.in.late"
         create_topics([new_topic], partitions=1)
+        # ...and a third partition on the topic it already reads (keep the admin client alive until done).
+        admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        admin.create_partitions([NewPartitions(topic, 3)])[topic].result(30)
         p = Producer({"bootstrap.servers": BOOTSTRAP})
         for i in range(20):
             p.produce(new_topic, _event("PERF_LAG", i))
+            p.produce(topic, _event("PERF_ANR", i), partition=2)
         p.flush(30)
 
-        def arrived():
+        def arrived(category: str, pred) -> bool:
             try:
-                msgs = read_all(f"{prefix}.out.PERF_LAG", timeout=5)
+                msgs = read_all(f"{prefix}.out.{category}", timeout=5)
             except KeyError:
                 return False
-            return sum(orjson.loads(m.value())["src"][0] == new_topic for m in msgs) == 20
+            return sum(pred(orjson.loads(m.value())["src"]) for m in msgs) == 20
 
-        _wait_for(arrived, 90, "events of the new topic on the output", proc, log_path)
+        _wait_for(
+            lambda: arrived("PERF_LAG", lambda src: src[0] == new_topic),
+            90,
+            "events of the new topic on the output",
+            proc,
+            log_path,
+        )
+        _wait_for(
+            lambda: arrived("PERF_ANR", lambda src: src[0] == topic and src[1] == 2),
+            90,
+            "events of the added partition on the output",
+            proc,
+            log_path,
+        )
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(90) == 0, _log_tail(log_path)
 
