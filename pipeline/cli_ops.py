@@ -138,20 +138,11 @@ def _mapping(raw: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def load(path: str) -> OpsConfig:
-    import yaml
-
+    from pipeline.config_file import read_config_file
     from transforms.clickhouse_config import validate_clickhouse_config
     from transforms.kafka_config import validate_client_config
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError("--config", f"{path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("<root>", "the config must be a mapping of sections")
+    raw = read_config_file(path)
     kafka, source, routes = _mapping(raw, "kafka"), _mapping(raw, "source"), _mapping(raw, "routes")
     topics = source.get("topics") or ()
     if isinstance(topics, str):

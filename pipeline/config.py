@@ -10,8 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-import yaml
-
+from pipeline.config_file import read_config_file
 from transforms.common import ConfigError
 from transforms.kafka_config import validate_client_config
 from transforms.kafkaio import ReadConfig, validate_read_config
@@ -126,15 +125,7 @@ def _routes(section: dict[str, Any]) -> Routes:
 def load_config(path: str, overrides: list[tuple[tuple[str, ...], Any]] | None = None) -> PipelineConfig:
     """Reads and validates `path`; `overrides` are (key path, value) pairs from command-line flags
     (paths, not dotted strings: librdkafka names contain dots)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError("--config", f"{path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("<root>", "the config must be a mapping of sections")
+    raw = read_config_file(path)
     for k in raw:
         if k not in SECTIONS:
             raise ConfigError(k, f"unknown section (allowed: {', '.join(SECTIONS)})")
