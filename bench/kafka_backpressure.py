@@ -68,7 +68,10 @@ def run(bootstrap: str, topic: str, sleep_s: float) -> dict:
     seconds = time.time() - t0
     stop.set()
     sampler.join()
+    # RSS at each quarter of the run: bounded buffers show as a plateau, not a climb with the data read.
+    quarters = [round(samples[min(len(samples) - 1, len(samples) * q // 4)], 1) for q in (1, 2, 3, 4)]
     return {
+        "rss_quarters_mb": quarters if samples else [],
         "sleep_ms_per_20": sleep_s * 1000,
         "seconds": round(seconds, 2),
         "rss_start_mb": round(start_rss, 1),
