@@ -131,3 +131,23 @@ def read_all(topic: str, timeout: float = 30.0) -> list:
         return out
     finally:
         c.close()
+
+
+def write_test_config(tmp_path, mutate=None, prefix: str | None = None) -> str:
+    """config/default.yaml made fit for a test: this broker, absolute rules path and, with a `prefix`, the
+    test's own output and DLQ topics (one partition each: a broker restart recovers every partition);
+    `mutate(raw)` changes the rest. Returns the written file's path."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    raw["classify"]["rules_files"] = [str(ROOT / "rules" / "default.yaml")]
+    raw["kafka"]["consumer"]["bootstrap.servers"] = raw["kafka"]["producer"]["bootstrap.servers"] = BOOTSTRAP
+    if prefix:
+        raw["routes"].update(
+            topic_template=prefix + ".out.{category}", dlq_topic=f"{prefix}.dlq", topic_partitions=1
+        )
+    if mutate:
+        mutate(raw)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)

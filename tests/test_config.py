@@ -6,21 +6,14 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from pipeline.config import load_config
-from tests.conftest import BOOTSTRAP, ROOT
+from tests.conftest import ROOT, write_test_config
 from transforms.common import ConfigError
 
 
 def _config(tmp_path, mutate) -> str:
-    raw = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
-    raw["classify"]["rules_files"] = [str(ROOT / "rules" / "default.yaml")]
-    raw["kafka"]["consumer"]["bootstrap.servers"] = raw["kafka"]["producer"]["bootstrap.servers"] = BOOTSTRAP
-    mutate(raw)
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+    return write_test_config(tmp_path, mutate)
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

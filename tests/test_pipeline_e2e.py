@@ -7,29 +7,21 @@ from collections import Counter
 
 import orjson
 import pytest
-import yaml
 
 from pipeline.generate import PERF_MESSAGES, Generator
-from tests.conftest import BOOTSTRAP, ROOT, create_topics, produce, read_all
+from tests.conftest import create_topics, produce, read_all, write_test_config
 from transforms.common import dead_letter_from_kafka
 
 
 def _write_config(tmp_path, prefix: str, chdb_path) -> str:
-    with open(ROOT / "config" / "default.yaml") as f:
-        raw = yaml.safe_load(f)
-    raw["classify"]["rules_files"] = [str(ROOT / "rules" / "default.yaml")]
-    raw["kafka"]["consumer"]["bootstrap.servers"] = raw["kafka"]["producer"]["bootstrap.servers"] = BOOTSTRAP
-    raw["routes"]["topic_template"] = prefix + ".out.{category}"
-    raw["routes"]["dlq_topic"] = f"{prefix}.dlq"
-    raw["routes"]["topic_partitions"] = 1  # fewer partitions: a broker restart recovers them all
-    raw["sinks"]["clickhouse"]["url"] = f"chdb://{chdb_path}"
-    raw["unpack"]["envelopes"] = [
-        {"topic": r".*\.gamelogs", "envelope": "logs"},
-        {"topic": r".*\.gateway", "envelope": "jsonl"},
-    ]
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+    def mutate(raw):
+        raw["sinks"]["clickhouse"]["url"] = f"chdb://{chdb_path}"
+        raw["unpack"]["envelopes"] = [
+            {"topic": r".*\.gamelogs", "envelope": "logs"},
+            {"topic": r".*\.gateway", "envelope": "jsonl"},
+        ]
+
+    return write_test_config(tmp_path, mutate, prefix)
 
 
 @pytest.mark.slow

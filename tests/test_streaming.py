@@ -16,7 +16,6 @@ from contextlib import contextmanager
 
 import orjson
 import pytest
-import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.conftest import (
@@ -28,6 +27,7 @@ from tests.conftest import (
     kafka_answers,
     produce,
     read_all,
+    write_test_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -48,19 +48,13 @@ def ch_server() -> str:
 
 
 def _config(tmp_path, prefix: str, database: str) -> str:
-    raw = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
-    raw["classify"]["rules_files"] = [str(ROOT / "rules" / "default.yaml")]
-    raw["kafka"]["consumer"]["bootstrap.servers"] = raw["kafka"]["producer"]["bootstrap.servers"] = BOOTSTRAP
-    raw["routes"]["topic_template"] = prefix + ".out.{category}"
-    raw["routes"]["dlq_topic"] = f"{prefix}.dlq"
-    raw["routes"]["topic_partitions"] = 1  # fewer partitions: a broker restart recovers them all
-    raw["sinks"]["clickhouse"]["url"] = f"clickhouse://default@127.0.0.1:{CH_PORT}/{database}"
-    raw["sinks"]["clickhouse"]["database"] = database
-    raw["window"]["size_s"] = 2
-    raw["window"]["allowed_lateness_s"] = 10
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+    def mutate(raw):
+        raw["sinks"]["clickhouse"].update(
+            url=f"clickhouse://default@127.0.0.1:{CH_PORT}/{database}", database=database
+        )
+        raw["window"].update(size_s=2, allowed_lateness_s=10)
+
+    return write_test_config(tmp_path, mutate, prefix)
 
 
 def _event(category: str, seq: int) -> bytes:
