@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config_file import read_config_file
@@ -178,7 +178,3 @@ def build_config(raw: dict[str, Any], base_dir: str, path: str = "<dict>") -> Pi
         routes=_routes(_section(raw, "routes")),
         clickhouse=clickhouse,
     )
-
-
-def with_read(cfg: PipelineConfig, **changes: Any) -> PipelineConfig:
-    return replace(cfg, read=validate_read_config(replace(cfg.read, **changes)))

@@ -63,10 +63,6 @@ def request_stop() -> None:
     _STOP.set()
 
 
-def stop_requested() -> bool:
-    return _STOP.is_set()
-
-
 def reset_stop() -> None:
     _STOP.clear()
 
