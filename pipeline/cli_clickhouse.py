@@ -79,20 +79,30 @@ def _fail(cfg: ClickHouseConfig | None, exc: BaseException) -> int:
     return 2
 
 
-def cmd_init(args: argparse.Namespace) -> int:
+def _on_target(args: argparse.Namespace, work):
+    """Resolves the target, connects and runs `work(client)`: (cfg, client, result), or an exit code (2)
+    after one clear line when the config is bad or the target cannot be used."""
     cfg = None
     try:
         cfg = resolve_config(args)
-        from transforms.clickhouse_schema import apply_schema
-
         client = _connect(cfg)
-        statements = apply_schema(client)
+        result = work(client)
         client.close()
     except ConfigError as exc:
         print(f"clickhouse: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - any failure to reach/use the target is one message, exit 2
         return _fail(cfg, exc)
+    return cfg, client, result
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from transforms.clickhouse_schema import apply_schema
+
+    done = _on_target(args, apply_schema)
+    if isinstance(done, int):
+        return done
+    cfg, client, statements = done
     version = ".".join(map(str, client.version))
     print(
         f"clickhouse: schema ready on {cfg.describe()} (ClickHouse {version}, {len(statements)} statements)"
@@ -101,19 +111,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    cfg = None
-    try:
-        cfg = resolve_config(args)
-        from transforms.clickhouse_schema import table_stats
+    from transforms.clickhouse_schema import table_stats
 
-        client = _connect(cfg)
-        tables = table_stats(client)
-        client.close()
-    except ConfigError as exc:
-        print(f"clickhouse: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001
-        return _fail(cfg, exc)
+    done = _on_target(args, table_stats)
+    if isinstance(done, int):
+        return done
+    cfg, client, tables = done
     version = ".".join(map(str, client.version))
     if args.json:
         print(

@@ -319,6 +319,15 @@ def test_new_topics_and_partitions_matching_the_pattern_are_picked_up(kafka, ch_
         assert proc.wait(90) == 0, _log_tail(log_path)
 
 
+def _stop_feeder_and_wait_for_all(feeder, topic, prefix, proc, log_path, timeout, what) -> tuple[int, set]:
+    """Stops the input, then waits until every event it produced is on the category topics."""
+    sent = feeder.stop()
+    expected = _expected_ids(topic, 4)
+    assert len(expected) >= sent  # == unless the feeder's own retries duplicated input
+    _wait_for(lambda: expected <= set(_output_ids(prefix)), timeout, what, proc, log_path)
+    return sent, expected
+
+
 def test_kill_9_then_restart_with_same_group_loses_nothing(kafka, ch_server, tmp_path):
     prefix, topic, db, config = _setup(tmp_path)
     log_path = tmp_path / "pipeline.log"
@@ -331,11 +340,8 @@ def test_kill_9_then_restart_with_same_group_loses_nothing(kafka, ch_server, tmp
     time.sleep(2)
     with pipeline_process(config, *args, log_path=log_path) as proc:
         time.sleep(5)
-        sent = feeder.stop()
-        expected = _expected_ids(topic, 4)
-        assert len(expected) >= sent  # == unless the feeder's own retries duplicated input
-        _wait_for(
-            lambda: expected <= set(_output_ids(prefix)), 120, "every event after restart", proc, log_path
+        sent, expected = _stop_feeder_and_wait_for_all(
+            feeder, topic, prefix, proc, log_path, 120, "every event after restart"
         )
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(90) == 0, _log_tail(log_path)
@@ -359,11 +365,8 @@ def test_broker_restart_mid_stream_loses_nothing(kafka, ch_server, tmp_path):
         _run_sh("kafka-up", timeout=400, env={"KAFKA_START_TIMEOUT": "300"})
         assert kafka_answers(30)
         time.sleep(5)
-        sent = feeder.stop()
-        expected = _expected_ids(topic, 4)
-        assert len(expected) >= sent  # == unless the feeder's own retries duplicated input
-        _wait_for(
-            lambda: expected <= set(_output_ids(prefix)), 180, "every event after the restart", proc, log_path
+        sent, expected = _stop_feeder_and_wait_for_all(
+            feeder, topic, prefix, proc, log_path, 180, "every event after the restart"
         )
         assert proc.poll() is None, "the pipeline must survive a broker restart"
         os.killpg(proc.pid, signal.SIGTERM)
