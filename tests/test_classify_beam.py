@@ -81,7 +81,10 @@ def test_classify_transform_re_engine_same_decisions():
 def test_classify_transform_accepts_lists_of_events():
     p = BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]), blocking=False)
     out = p | beam.Create([EVENTS[:3], EVENTS[3:]]) | Classify(_cfg())
-    assert_that(out.events | beam.Map(lambda e: (e["event_id"], e["category"])),
+    # A list in, one list out: the next stages keep working list by list.
+    assert_that(out.events | beam.Map(lambda b: (type(b).__name__, len(b))),
+                equal_to([("list", 3), ("list", 1)]), label="lists")
+    assert_that(out.events | beam.FlatMap(lambda b: b) | beam.Map(lambda e: (e["event_id"], e["category"])),
                 equal_to([("e1", "PERF_CRASH"), ("e2", "PERF_LAG"), ("e3", "UNCLASSIFIED"),
                           ("e4", "PERF_CRASH")]), label="events")
     assert_that(out.dlq | beam.Map(lambda d: d["offset"]), equal_to([105, 106]), label="dlq")

@@ -62,6 +62,27 @@ def test_bounded_read_returns_every_record_with_metadata_and_commits(kafka, topi
     assert _committed(group, topic, 3) == ends
 
 
+def test_batch_records_gives_lists_of_one_partition_and_a_list_sink(kafka, topic_prefix):
+    topic, out = f"{topic_prefix}.in", f"{topic_prefix}.out"
+    create_topics([topic], partitions=2)
+    values = [b"v%d" % i for i in range(101)]
+    produce(topic, values[:60], partition=0)
+    produce(topic, values[60:], partition=1)
+    group = f"{topic_prefix}-g"
+    with beam.Pipeline(options=FNAPI) as p:
+        lists = p | ReadFromKafka(_cfg(group, topics=(topic,), batch_records=16))
+        assert_that(lists | beam.FlatMap(lambda b: [r.value for r in b]), equal_to(values), label="values")
+        # Every element a list of <= 16 records of one partition, offsets ascending.
+        shape = lists | beam.Map(lambda b: (type(b) is list, 0 < len(b) <= 16, len({r.partition for r in b}),
+                                            [r.offset for r in b] == sorted(r.offset for r in b)))
+        assert_that(shape | beam.Distinct(), equal_to([(True, True, 1, True)]), label="shape")
+        # WriteToKafka takes lists of messages as elements too.
+        _ = (lists | beam.Map(lambda b: [KafkaMessage(out, None, r.value) for r in b])
+             | WriteToKafka({"bootstrap.servers": BOOTSTRAP}))
+    assert sorted(m.value() for m in read_all(out)) == sorted(values)
+    assert _committed(group, topic, 2) == [60, 41]
+
+
 def test_restart_with_same_group_reads_only_new_records(kafka, topic_prefix):
     topic = f"{topic_prefix}.in"
     create_topics([topic], partitions=2)

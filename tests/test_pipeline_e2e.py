@@ -13,8 +13,9 @@ from tests.conftest import create_topics, produce, read_all, write_test_config
 from transforms.common import dead_letter_from_kafka
 
 
-def _write_config(tmp_path, prefix: str, chdb_path) -> str:
+def _write_config(tmp_path, prefix: str, chdb_path, batch_records: int) -> str:
     def mutate(raw):
+        raw["source"]["batch_records"] = batch_records
         raw["sinks"]["clickhouse"]["url"] = f"chdb://{chdb_path}"
         raw["unpack"]["envelopes"] = [
             {"topic": r".*\.gamelogs", "envelope": "logs"},
@@ -25,7 +26,9 @@ def _write_config(tmp_path, prefix: str, chdb_path) -> str:
 
 
 @pytest.mark.slow
-def test_whole_dag_accounts_for_every_event(kafka, topic_prefix, tmp_path):
+# 1: one record per element; 37: lists of records through every stage (several lists per partition).
+@pytest.mark.parametrize("batch_records", [1, 37])
+def test_whole_dag_accounts_for_every_event(kafka, topic_prefix, tmp_path, batch_records):
     from pipeline.config import load_config
     from pipeline.run import run_pipeline
     from transforms.clickhouse_client import close_chdb, connect
@@ -50,7 +53,7 @@ def test_whole_dag_accounts_for_every_event(kafka, topic_prefix, tmp_path):
         for m in msgs:
             produce(topic, [m.value], headers=m.headers or None, key=m.key)
 
-    config = _write_config(tmp_path, topic_prefix, tmp_path / "chdb")
+    config = _write_config(tmp_path, topic_prefix, tmp_path / "chdb", batch_records)
     cfg = load_config(config)
     close_chdb()
     rc = run_pipeline(

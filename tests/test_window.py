@@ -129,6 +129,47 @@ def test_batch_aggregates_per_key_and_window():
                      "p95", "max", "pane", "pane_index", "version"])] * 4), label="row keys")
 
 
+def test_lists_of_events_give_the_same_aggregates_as_single_events():
+    # The pipeline feeds lists of events (source.batch_records): one partial accumulator per window and key
+    # of a list, merged by the combiner. Every number must equal the one-event-per-element answer.
+    rnd = random.Random(3)
+    events = [ev(rnd.randint(0, 179_999), f"d{rnd.randint(0, 30)}",
+                 rnd.choice([None, rnd.uniform(1, 500), rnd.randint(1, 50)]),
+                 category=rnd.choice(["PERF_LAG", "PERF_CRASH"]), app=rnd.choice(["a", "b", "c"]))
+              for _ in range(3000)]
+    fields = ("window_start", "window_end", "category", "app_id", "count", "distinct_devices", "p50", "p95",
+              "max", "pane")
+
+    def run(elements):
+        with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+            rows = p | beam.Create(elements) | WindowMetrics(WindowConfig(size_s=60))
+            assert_that(rows | beam.Map(lambda r: tuple(r[f] for f in fields)), equal_to(expected))
+
+    expected = []
+    for w in range(3):
+        for cat in ("PERF_LAG", "PERF_CRASH"):
+            for app in "abc":
+                sel = [e for e in events if e["event_time"] // 60_000 == w and e["category"] == cat
+                       and e["app_id"] == app]
+                vals = [e["duration_ms"] for e in sel if e["duration_ms"] is not None]
+                expected.append((w * 60_000, (w + 1) * 60_000, cat, app, len(sel),
+                                 len({e["device_id"] for e in sel}), nearest_rank(vals, 0.5),
+                                 nearest_rank(vals, 0.95), float(max(vals)), "ON_TIME"))
+    run(events)
+    run([events[i:i + 97] for i in range(0, len(events), 97)])
+
+
+def test_lists_count_beyond_lateness_per_event():
+    src = [(10, [ev(1_000), ev(61_000)]), (361, [ev(2_000), ev(3_000), ev(62_000)])]
+    p = BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]), blocking=False)
+    rows = (p | beam.Create(src) | beam.Map(lambda te: TimestampedValue(te[1], te[0]))
+            | WindowMetrics(WindowConfig(size_s=60, allowed_lateness_s=300)))
+    assert_that(rows | beam.Map(lambda r: (r["window_start"], r["count"])), equal_to([(0, 1), (60_000, 2)]))
+    result = p.run()
+    result.wait_until_finish()
+    assert counters_of(result)["beyond_lateness"] == 2
+
+
 def test_value_field_from_attrs_and_non_numbers_ignored():
     events = [ev(1_000, "d1", attrs={"latency": 3}), ev(2_000, "d2", attrs={"latency": 9.5}),
               ev(3_000, "d3", attrs={"latency": "12"}), ev(4_000, "d4", attrs={"latency": True}),

@@ -13,7 +13,8 @@ from transforms.common import DLQ_TAG, INTERNAL_ERROR, dead_letter
 
 
 class ClassifyFn(beam.DoFn):
-    """Event dict (or a list of them) -> classified events; a failing event -> INTERNAL_ERROR dead letter.
+    """Event dict -> classified event, a list of them -> one list; a failing event -> INTERNAL_ERROR dead
+    letter.
 
     Counts are summed in a dict and flushed to Beam metrics once per bundle: a Beam counter update per
     element would cost more than classifying it.
@@ -27,7 +28,14 @@ class ClassifyFn(beam.DoFn):
         self._stats: dict[str, int] = {}
 
     def process(self, element):
-        batch = element if type(element) is list else (element,)
+        if type(element) is list:  # a list in, ONE list out (dead letters one by one)
+            out = self._classify(element)
+            events = [ev for ev in out if type(ev) is dict]
+            dls = [ev for ev in out if type(ev) is not dict] if len(events) < len(out) else []
+            return ([events] if events else []) + dls
+        return self._classify((element,))
+
+    def _classify(self, batch):
         clf = self._clf
         try:
             out = clf.classify_batch(batch)

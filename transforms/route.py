@@ -30,15 +30,23 @@ class _EventsToMessagesFn(beam.DoFn):
     def setup(self) -> None:
         self._topics: dict[str, str] = {}
 
-    def process(self, event: dict[str, Any]) -> Iterable[KafkaMessage]:
+    def _message(self, event: dict[str, Any]) -> KafkaMessage:
         category = event["category"]
         topic = self._topics.get(category)
         if topic is None:
             topic = self._topics[category] = topic_name(self._template, category)
-        child = child_traceparent(event.get("traceparent"))
+        tp = event.get("traceparent")
+        child = child_traceparent(tp) if tp else None
         headers = (("traceparent", child.encode()),) if child else ()
+        return KafkaMessage(topic, event["app_id"].encode(), orjson.dumps(event), headers)
+
+    def process(self, event: dict[str, Any] | list[dict[str, Any]]) -> Iterable[Any]:
+        if type(event) is list:  # a list of events in, one list of messages out
+            msgs = [self._message(e) for e in event]
+            self._routed.inc(len(msgs))
+            return [msgs] if msgs else []
         self._routed.inc()
-        yield KafkaMessage(topic, event["app_id"].encode(), orjson.dumps(event), headers)
+        return [self._message(event)]
 
 
 class EventsToCategoryTopics(beam.PTransform):

@@ -104,6 +104,18 @@ TYPE_CHECKS = {
     "object": lambda v: type(v) is dict,
     "array": lambda v: type(v) is list,
 }
+# The same checks as exact-type sets (`type(v) in ...`): no Python call per checked value.
+_TYPE_SETS = {
+    "string": frozenset((str,)),
+    "integer": frozenset((int,)),
+    "number": frozenset((int, float)),
+    "boolean": frozenset((bool,)),
+    "object": frozenset((dict,)),
+    "array": frozenset((list,)),
+}
+# Event id: blake2b of b"<topic>:<partition>:<offset>:<index>". The part before the index is formatted
+# once per record; the index part of the first items comes from this table.
+_IDX = tuple(str(i).encode() for i in range(256))
 
 
 # --- Config ------------------------------------------------------------------------------------
@@ -318,10 +330,11 @@ class Unpacker:
         self.cfg = cfg = cfg or UnpackConfig()
         v = cfg.validation
         self.stats: defaultdict[str, int] = defaultdict(int)
-        self._topic_env: dict[str, str] = {}
+        # topic -> (envelope, b"<topic>:" for the event id, or None if the topic does not encode)
+        self._topics: dict[Any, tuple[str, bytes | None]] = {}
         self._text_fields = cfg.text_fields
         self._text_set = frozenset(cfg.text_fields)
-        self._types = tuple((k, tname, TYPE_CHECKS[tname]) for k, tname in v.types)
+        self._types = tuple((k, tname, _TYPE_SETS[tname]) for k, tname in v.types)
         self._required = v.required
         self._required_top = all(k in _TOP_KEYS for k in v.required)
         self._max_value = v.max_value_bytes
@@ -329,6 +342,9 @@ class Unpacker:
         self._max_chars = v.max_field_chars
         self._past_ms = None if v.max_past_skew_s is None else int(v.max_past_skew_s * 1000)
         self._future_ms = None if v.max_future_skew_s is None else int(v.max_future_skew_s * 1000)
+        # Integer payload times in [_t_lo, _t_hi] are milliseconds inside the skew bounds: accepted as
+        # they are. Set per batch (they depend on its ingest time); anything else takes the full check.
+        self._t_lo = self._t_hi = 0
 
     # Public API ---------------------------------------------------------------------------------
 
@@ -339,11 +355,21 @@ class Unpacker:
         events: list[dict] = []
         dls: list[dict] = []
         now = now_ms()  # one ingest time per batch: a batch takes milliseconds
-        one = self._one
+        past, fut = self._past_ms, self._future_ms
+        self._t_lo = _MS_LO if past is None else max(_MS_LO, now - past)
+        self._t_hi = _MS_HI - 1 if fut is None else min(_MS_HI - 1, now + fut)
+        record = self._record
         n = 0
         for rec in records:
             n += 1
-            one(rec, now, events, dls)
+            n_ev = len(events)
+            n_dl = len(dls)
+            try:
+                record(rec, now, events, dls)
+            except Exception as exc:  # noqa: BLE001 - the contract is: never raise, keep the bytes
+                del events[n_ev:]
+                del dls[n_dl:]
+                dls.append(self._internal_dl(rec, exc))
         stats = self.stats
         stats["records_in"] += n
         if events:
@@ -356,29 +382,31 @@ class Unpacker:
 
     # Per record ---------------------------------------------------------------------------------
 
-    def _one(self, rec: Any, now: int, events: list, dls: list) -> None:
-        n_ev = len(events)
-        n_dl = len(dls)
+    @staticmethod
+    def _internal_dl(rec: Any, exc: Exception) -> dict:
+        value = getattr(rec, "value", None)
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogatepass")
+        elif value is not None and not isinstance(value, bytes):
+            try:
+                value = bytes(value)
+            except Exception:  # noqa: BLE001
+                value = repr(value).encode("utf-8", "replace")
+        headers = getattr(rec, "headers", ())
+        return dead_letter(
+            INTERNAL_ERROR, f"{type(exc).__name__}: {exc}",
+            topic=getattr(rec, "topic", None), partition=getattr(rec, "partition", None),
+            offset=getattr(rec, "offset", None), payload=value, key=getattr(rec, "key", None),
+            headers=tuple(headers) if isinstance(headers, (tuple, list)) else (),
+        )
+
+    def _topic_info(self, topic: Any) -> tuple[str, bytes | None]:
         try:
-            self._record(rec, now, events, dls)
-        except Exception as exc:  # noqa: BLE001 - the contract is: never raise, keep the bytes
-            del events[n_ev:]
-            del dls[n_dl:]
-            value = getattr(rec, "value", None)
-            if isinstance(value, str):
-                value = value.encode("utf-8", "surrogatepass")
-            elif value is not None and not isinstance(value, bytes):
-                try:
-                    value = bytes(value)
-                except Exception:  # noqa: BLE001
-                    value = repr(value).encode("utf-8", "replace")
-            headers = getattr(rec, "headers", ())
-            dls.append(dead_letter(
-                INTERNAL_ERROR, f"{type(exc).__name__}: {exc}",
-                topic=getattr(rec, "topic", None), partition=getattr(rec, "partition", None),
-                offset=getattr(rec, "offset", None), payload=value, key=getattr(rec, "key", None),
-                headers=tuple(headers) if isinstance(headers, (tuple, list)) else (),
-            ))
+            id_topic = f"{topic}:".encode()
+        except UnicodeEncodeError:  # the per-event fallback in _build raises it again, per item
+            id_topic = None
+        info = self._topics[topic] = (self.cfg.envelope_for(topic), id_topic)
+        return info
 
     def _msg_dl(self, rec: Any, code: str, reason: str, payload: bytes | None,
                 index: int | None = None) -> dict:
@@ -399,9 +427,19 @@ class Unpacker:
             dls.append(self._msg_dl(rec, TOO_LARGE, reason, value))
             return
         topic = rec.topic
-        env = self._topic_env.get(topic)
-        if env is None:
-            env = self._topic_env[topic] = self.cfg.envelope_for(topic)
+        info = self._topics.get(topic)
+        if info is None:
+            info = self._topic_info(topic)
+        env, id_topic = info
+        # b"<topic>:<partition>:<offset>:", the event id's hash input without the item index
+        partition = rec.partition
+        offset = rec.offset
+        if type(partition) is int and type(offset) is int and id_topic is not None:
+            pre = b"%b%d:%d:" % (id_topic, partition, offset)
+        elif id_topic is not None:
+            pre = f"{topic}:{partition}:{offset}:".encode()
+        else:
+            pre = None
 
         tp = None
         headers = rec.headers
@@ -414,13 +452,13 @@ class Unpacker:
                 tp = self._traceparent(raw)
 
         if env == "jsonl":
-            self._jsonl(rec, value, now, tp, events, dls)
+            self._jsonl(rec, value, now, tp, events, dls, pre)
             return
         try:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             if env == "auto" and self._looks_like_jsonl(value):
-                self._jsonl(rec, value, now, tp, events, dls)
+                self._jsonl(rec, value, now, tp, events, dls, pre)
             else:
                 dls.append(self._msg_dl(rec, DECODE_ERROR, f"not JSON: {exc}", value))
             return
@@ -436,12 +474,12 @@ class Unpacker:
             else:
                 env = "json"
         if env == "upload":
-            self._upload(rec, value, obj, now, tp, events, dls)
+            self._upload(rec, value, obj, now, tp, events, dls, pre)
         elif env == "logs":
-            self._logs(rec, value, obj, now, tp, events, dls)
+            self._logs(rec, value, obj, now, tp, events, dls, pre)
         else:
             try:
-                events.append(self._build(obj, obj, "json", rec, 0, now, tp, TIME_KEYS))
+                events.append(self._build(obj, obj, "json", rec, 0, now, tp, TIME_KEYS, pre))
             except _Reject as r:
                 dls.append(self._msg_dl(rec, r.code, r.reason, value, 0))
 
@@ -459,7 +497,7 @@ class Unpacker:
 
     # Envelopes ----------------------------------------------------------------------------------
 
-    def _upload(self, rec, value: bytes, obj: dict, now: int, tp, events: list, dls: list) -> None:
+    def _upload(self, rec, value: bytes, obj: dict, now: int, tp, events: list, dls: list, pre) -> None:
         stats = self.stats
         meta = obj.get("meta")
         data = obj.get("data")
@@ -476,13 +514,13 @@ class Unpacker:
             problem = (TOO_LARGE, f"data: {len(data)} items > max_items {self._max_items}")
         else:
             # Meta is validated once here; items below only check their own values.
-            for k, tname, pred in self._types:
+            for k, tname, ok_types in self._types:
                 mv = meta.get(k)
-                if mv is not None and not pred(mv):
+                if mv is not None and type(mv) not in ok_types:
                     problem = (VALIDATION_ERROR,
                                f"meta.{k}: expected {tname}, got {type(mv).__name__} {_short(mv)}")
                     break
-            if problem is None:
+            if problem is None and not self._text_set.isdisjoint(meta):
                 for k in self._text_set.intersection(meta):
                     mv = meta[k]
                     if type(mv) is str and len(mv) > self._max_chars:
@@ -502,7 +540,7 @@ class Unpacker:
                     raise _Reject(VALIDATION_ERROR, f"expected an object, got {type(item).__name__}")
                 merged = meta.copy()
                 merged.update(item)
-                events.append(build(merged, item, "upload", rec, i, now, tp, TIME_KEYS))
+                events.append(build(merged, item, "upload", rec, i, now, tp, TIME_KEYS, pre))
                 ok += 1
             except _Reject as r:
                 dls.append(self._msg_dl(rec, r.code, f"data[{i}]: {r.reason}",
@@ -520,7 +558,7 @@ class Unpacker:
         except Exception:  # noqa: BLE001 - cannot happen for parsed JSON; keep something replay-able
             return repr(item).encode("utf-8", "replace")
 
-    def _logs(self, rec, value: bytes, obj: dict, now: int, tp, events: list, dls: list) -> None:
+    def _logs(self, rec, value: bytes, obj: dict, now: int, tp, events: list, dls: list, pre) -> None:
         headers = obj.get("headers")
         logs = obj.get("logs")
         if type(headers) is not dict:
@@ -541,7 +579,7 @@ class Unpacker:
             log_name = headers.get("log_name")
             if log_name is not None and log_name != "":
                 merged["event_name"] = "t_" + _scalar_str("headers.log_name", log_name)
-            events.append(self._build(merged, merged, "logs", rec, 0, now, tp, LOGS_TIME_KEYS))
+            events.append(self._build(merged, merged, "logs", rec, 0, now, tp, LOGS_TIME_KEYS, pre))
         except _Reject as r:
             dls.append(self._msg_dl(rec, r.code, r.reason, value, 0))
 
@@ -564,7 +602,7 @@ class Unpacker:
         except orjson.JSONDecodeError:
             return False
 
-    def _jsonl(self, rec, value: bytes, now: int, tp, events: list, dls: list) -> None:
+    def _jsonl(self, rec, value: bytes, now: int, tp, events: list, dls: list, pre) -> None:
         lines = value.split(b"\n")
         if len(lines) > self._max_items:
             n = sum(1 for ln in lines if ln.strip())
@@ -584,7 +622,7 @@ class Unpacker:
                     raise _Reject(DECODE_ERROR, f"not JSON: {exc}") from None
                 if type(obj) is not dict:
                     raise _Reject(VALIDATION_ERROR, f"expected a JSON object, got {type(obj).__name__}")
-                events.append(build(obj, obj, "jsonl", rec, i, now, tp, TIME_KEYS))
+                events.append(build(obj, obj, "jsonl", rec, i, now, tp, TIME_KEYS, pre))
             except _Reject as r:
                 dls.append(self._msg_dl(rec, r.code, f"line {i}: {r.reason}", line, i))
             except Exception as exc:  # noqa: BLE001
@@ -593,15 +631,17 @@ class Unpacker:
 
     # One event ------------------------------------------------------------------------------------
 
-    def _build(self, m: dict, own: dict, envelope: str, rec, index: int, now: int, tp, time_keys) -> dict:
+    def _build(self, m: dict, own: dict, envelope: str, rec, index: int, now: int, tp, time_keys,
+               pre: bytes | None) -> dict:
         """Event from merged dict `m` (consumed: popped keys leave it, the rest becomes attrs).
 
         `own` holds the values this item brought itself (type checks run on those only: the upload
-        meta was checked once per message). Raises _Reject.
+        meta was checked once per message). `pre` is the record's b"<topic>:<partition>:<offset>:"
+        (None when the topic does not encode). Raises _Reject.
         """
-        for k, tname, pred in self._types:
+        for k, tname, ok_types in self._types:
             v = own.get(k)
-            if v is not None and not pred(v):
+            if v is not None and type(v) not in ok_types:
                 raise _Reject(VALIDATION_ERROR,
                               f"field '{k}': expected {tname}, got {type(v).__name__} {_short(v)}")
         pop = m.pop
@@ -615,22 +655,10 @@ class Unpacker:
         if t is None:
             ts = rec.timestamp
             event_time = ts if type(ts) is int and ts > 0 else now
+        elif type(t) is int and self._t_lo <= t <= self._t_hi:
+            event_time = t  # fast path: integer milliseconds inside the skew bounds, the SDKs' format
         else:
-            # Fast path: integer milliseconds, the SDKs' format.
-            event_time = t if type(t) is int and _MS_LO <= t < _MS_HI else parse_event_time(t)
-            if event_time is None or not 0 <= event_time <= _MAX_EVENT_MS:
-                raise _Reject(VALIDATION_ERROR,
-                              f"field '{tkey}': not a time (ms, s or ISO-8601 expected): {_short(t)}")
-            past = self._past_ms
-            if past is not None and event_time < now - past:
-                raise _Reject(VALIDATION_ERROR,
-                              f"field '{tkey}': event time {event_time} is {(now - event_time) // 1000} s "
-                              f"in the past (max_past_skew_s {past // 1000})")
-            fut = self._future_ms
-            if fut is not None and event_time > now + fut:
-                raise _Reject(VALIDATION_ERROR,
-                              f"field '{tkey}': event time {event_time} is {(event_time - now) // 1000} s "
-                              f"in the future (max_future_skew_s {fut // 1000})")
+            event_time = self._event_time(t, tkey, now)
 
         v = pop("app_id", None)
         app_id = v if type(v) is str else _scalar_str("app_id", v)
@@ -660,21 +688,25 @@ class Unpacker:
                 raise _Reject(VALIDATION_ERROR, f"field 'duration_ms': expected a number, got {_short(v)}")
 
         fields = {}
-        for k in self._text_set.intersection(m):
-            v = m[k]
-            if type(v) is str:
-                if len(v) > self._max_chars:
-                    raise _Reject(TOO_LARGE,
-                                  f"field '{k}': {len(v)} chars > max_field_chars {self._max_chars}")
-                fields[k] = v
-                del m[k]
+        keys = self._text_set.intersection(m)
+        if keys:
+            if len(keys) > 1:  # in text_fields order, so that `fields` is the same in every process
+                keys = [k for k in self._text_fields if k in keys]
+            for k in keys:
+                v = m[k]
+                if type(v) is str:
+                    if len(v) > self._max_chars:
+                        raise _Reject(TOO_LARGE,
+                                      f"field '{k}': {len(v)} chars > max_field_chars {self._max_chars}")
+                    fields[k] = v
+                    del m[k]
 
-        topic = rec.topic
-        partition = rec.partition
-        offset = rec.offset
         ev = {
-            # == blake2b(...).hexdigest()[:32], without formatting 128 hex chars to keep 32
-            "event_id": blake2b(f"{topic}:{partition}:{offset}:{index}".encode()).digest()[:16].hex(),
+            # == blake2b(b"<topic>:<partition>:<offset>:<index>").hexdigest()[:32], without formatting
+            # 128 hex chars to keep 32
+            "event_id": blake2b(
+                pre + (_IDX[index] if index < 256 else b"%d" % index) if pre is not None
+                else f"{rec.topic}:{rec.partition}:{rec.offset}:{index}".encode()).digest()[:16].hex(),
             "event_time": event_time,
             "ingest_time": now,
             "app_id": app_id,
@@ -685,7 +717,7 @@ class Unpacker:
             "fields": fields,
             "attrs": m,
             "traceparent": tp,
-            "src": [topic, partition, offset, index],
+            "src": [rec.topic, rec.partition, rec.offset, index],
             "envelope": envelope,
         }
         if self._required:
@@ -696,6 +728,24 @@ class Unpacker:
             else:
                 self._check_required(ev, t is not None)
         return ev
+
+    def _event_time(self, t: Any, tkey: str, now: int) -> int:
+        """A payload time off the fast path -> ms, checked against the skew bounds. Raises _Reject."""
+        event_time = t if type(t) is int and _MS_LO <= t < _MS_HI else parse_event_time(t)
+        if event_time is None or not 0 <= event_time <= _MAX_EVENT_MS:
+            raise _Reject(VALIDATION_ERROR,
+                          f"field '{tkey}': not a time (ms, s or ISO-8601 expected): {_short(t)}")
+        past = self._past_ms
+        if past is not None and event_time < now - past:
+            raise _Reject(VALIDATION_ERROR,
+                          f"field '{tkey}': event time {event_time} is {(now - event_time) // 1000} s "
+                          f"in the past (max_past_skew_s {past // 1000})")
+        fut = self._future_ms
+        if fut is not None and event_time > now + fut:
+            raise _Reject(VALIDATION_ERROR,
+                          f"field '{tkey}': event time {event_time} is {(event_time - now) // 1000} s "
+                          f"in the future (max_future_skew_s {fut // 1000})")
+        return event_time
 
     def _check_required(self, ev: dict, time_from_payload: bool) -> None:
         for k in self._required:
@@ -714,7 +764,8 @@ class Unpacker:
 
 
 class UnpackFn(beam.DoFn):
-    """KafkaRecord (or a list of them) -> events on the main output, dead letters on DLQ_TAG.
+    """KafkaRecord -> events on the main output, dead letters on DLQ_TAG. A list of records -> one list
+    of events (so the next stages work list by list too).
 
     Counters are summed in the Unpacker and flushed to Beam metrics once per bundle, so the
     per-element cost is the unpacking itself.
@@ -728,10 +779,14 @@ class UnpackFn(beam.DoFn):
         self._unpacker = Unpacker(self._cfg)
 
     def process(self, element):
-        events, dls = self._unpacker.unpack_batch(element if type(element) is list else (element,))
+        if type(element) is list:  # a list of records in, ONE list of events out (dead letters one by one)
+            events, dls = self._unpacker.unpack_batch(element)
+            out = [events] if events else []
+        else:
+            out, dls = self._unpacker.unpack_batch((element,))
         if dls:
-            events.extend(TaggedOutput(DLQ_TAG, d) for d in dls)
-        return events
+            out.extend(TaggedOutput(DLQ_TAG, d) for d in dls)
+        return out
 
     def finish_bundle(self) -> None:
         stats = self._unpacker.stats

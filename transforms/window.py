@@ -111,7 +111,10 @@ _COUNT, _DEVICES, _SAMPLE, _MAX, _NVALUES = range(5)
 
 
 class WindowStatsFn(beam.CombineFn):
-    """(device_id, value | None) -> {count, distinct_devices, p50, p95, max}. See module doc for accuracy."""
+    """(device_id, value | None) -> {count, distinct_devices, p50, p95, max}. See module doc for accuracy.
+
+    Inputs may also be accumulators (lists) pre-aggregated from a list of events: they are merged.
+    """
 
     def __init__(self, sample_size: int = 4096) -> None:
         self._k = sample_size
@@ -128,7 +131,14 @@ class WindowStatsFn(beam.CombineFn):
         append = sample.append
         rnd = random.random
         limit = 2 * self._k
-        for device, value in elements:
+        for el in elements:
+            if type(el) is list:  # a partial accumulator from a list of events (see _KeyByCategoryApp)
+                acc[_COUNT], acc[_MAX], acc[_NVALUES] = count, mx, nvalues
+                self.merge_accumulators((acc, el))
+                count, devices, sample, mx, nvalues = acc
+                add_device, append = devices.add, sample.append
+                continue
+            device, value = el
             count += 1
             if device:
                 add_device(device)
@@ -189,33 +199,76 @@ class WindowStatsFn(beam.CombineFn):
 
 
 class _KeyByCategoryApp(beam.DoFn):
-    """event -> ((category, app_id), (device_id, value)), re-timestamped at event_time."""
+    """event -> ((category, app_id), (device_id, value)), re-timestamped at event_time.
+
+    A list of events -> one ((category, app_id), partial accumulator) per window and key present in the
+    list, timestamped inside that window: the aggregation then sees a few elements per list instead of
+    one per event (the same numbers: accumulators merge exactly, see WindowStatsFn).
+    """
 
     def __init__(self, cfg: WindowConfig) -> None:
         self._field = cfg.value_field
         self._size_ms = cfg.size_s * 1000
         self._lateness_ms = cfg.allowed_lateness_s * 1000
+        self._k = cfg.quantile_sample_size
         self._beyond = Metrics.counter(METRICS_NAMESPACE, "beyond_lateness")
 
-    def process(self, ev: dict, timestamp=beam.DoFn.TimestampParam):
+    def setup(self) -> None:
+        self._stats = WindowStatsFn(self._k)
+
+    def _keyed(self, ev: dict, source_ms: int):
+        """(event time ms, key, (device, value)) or None when beyond the allowed lateness."""
         et = ev.get("event_time")
         if type(et) is not int:
-            et = timestamp.micros // 1000  # not an unpacked event: keep its element time
+            et = source_ms  # not an unpacked event: keep its element time
         f = self._field
         v = ev[f] if f in ev else (ev.get("attrs") or {}).get(f)
         if type(v) is not float and type(v) is not int:
             v = None  # bools, strings and absent values are not measurements
         # Past its window's end + allowed lateness by source time: dropped here (see module doc).
-        if timestamp.micros // 1000 > et - et % self._size_ms + self._size_ms + self._lateness_ms:
-            self._beyond.inc()
-            return
+        if source_ms > et - et % self._size_ms + self._size_ms + self._lateness_ms:
+            return None
         cat = ev.get("category") or ""
         app = ev.get("app_id") or ""
         dev = ev.get("device_id") or ""
         # The key coder is str-only (deterministic, for state) and devices go into a set.
         if type(cat) is not str or type(app) is not str or type(dev) is not str:
             cat, app, dev = str(cat), str(app), str(dev)
-        yield window.TimestampedValue(((cat, app), (dev, v)), et / 1000.0)
+        return et, (cat, app), (dev, v)
+
+    def process(self, ev, timestamp=beam.DoFn.TimestampParam):
+        source_ms = timestamp.micros // 1000
+        if type(ev) is not list:
+            keyed = self._keyed(ev, source_ms)
+            if keyed is None:
+                self._beyond.inc()
+                return []
+            et, key, value = keyed
+            return [window.TimestampedValue((key, value), et / 1000.0)]
+        # List: group by (window start, key), then one accumulator per group.
+        size = self._size_ms
+        groups: dict[tuple, list] = {}
+        beyond = 0
+        keyed_of = self._keyed
+        for e in ev:
+            keyed = keyed_of(e, source_ms)
+            if keyed is None:
+                beyond += 1
+                continue
+            et, key, value = keyed
+            g = groups.get((et - et % size, key))
+            if g is None:
+                groups[(et - et % size, key)] = [et, [value]]
+            else:
+                if et > g[0]:
+                    g[0] = et
+                g[1].append(value)
+        if beyond:
+            self._beyond.inc(beyond)
+        stats = self._stats
+        return [window.TimestampedValue((key, stats.add_inputs(stats.create_accumulator(), values)),
+                                        last_et / 1000.0)
+                for (_, key), (last_et, values) in groups.items()]
 
 
 class _FormatPane(beam.DoFn):
