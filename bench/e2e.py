@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -305,7 +306,8 @@ def clickhouse_events(url: str, src_topic: str) -> int | None:
 
 
 def run_ours(work: Path, topic: str, prefix: str, rules_yaml: Path, events: int, expected: int,
-             categories: list[str], timeout: float, profile: Path | None = None) -> dict:
+             categories: list[str], timeout: float, profile: Path | None = None,
+             extra_args: list[str] | None = None) -> dict:
     raw = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     ch_url = clickhouse_url()
     raw["kafka"]["consumer"]["bootstrap.servers"] = BOOTSTRAP
@@ -323,7 +325,7 @@ def run_ours(work: Path, topic: str, prefix: str, rules_yaml: Path, events: int,
     create_topics(out_topics, PARTITIONS)
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
     cmd = [sys.executable, *prof, "-m", "pipeline", f"--config={cfg_path}", "--stop_at_end",
-           f"--group_id={prefix}group", "--start_from=earliest"]
+           f"--group_id={prefix}group", "--start_from=earliest", *(extra_args or [])]
     with OutputWatch(out_topics) as watch:
         t0, wall0 = time.monotonic(), time.time()
         res = run_child(cmd, "e2e.ours", timeout)
@@ -335,8 +337,16 @@ def run_ours(work: Path, topic: str, prefix: str, rules_yaml: Path, events: int,
         watch.first_output_at = watch.first_at
         watch.first_at = t0 + (read_at - wall0)
     return engine_result("ours", res, t0, watch, events, expected, out_topics, None, {
-        "runner": "DirectRunner -> FnApiRunner (bounded), 1 process", "clickhouse": ch_url.split("@")[-1],
+        "runner": _runner_text(res.stderr), "args": extra_args or [], "clickhouse": ch_url.split("@")[-1],
         "clickhouse_events_rows": ch_rows})
+
+
+def _runner_text(stderr: str) -> str:
+    """What ours ran on, from its own start-up log line (see pipeline.run)."""
+    for line in stderr.splitlines():
+        if "running on " in line:
+            return line.split("running on ", 1)[1].strip()
+    return "DirectRunner -> FnApiRunner (bounded)"
 
 
 def run_peer(name: str, work: Path, topic: str, prefix: str, rules_json: Path, events: int, expected: int,
@@ -386,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="run ours under cProfile (stderr; .prof under .run/bench/e2e-*/); its figures then "
                     "include the profiler's overhead")
+    ap.add_argument("--ours-args", default="",
+                    help="extra flags for ours' `python -m pipeline` (one string, shell-split), e.g. "
+                    "'--direct_num_workers=1'")
     ap.add_argument("--keep-topics", action="store_true", help="keep this run's topics (default: delete)")
     args = ap.parse_args(argv)
     peers = list(PEERS) if args.peers == "all" else [p for p in args.peers.split(",") if p and p != "none"]
@@ -422,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = produced["expected_outputs"]
         profile = work / "ours.prof" if args.profile else None
         results["ours"] = run_ours(work, topic, f"{base}.ours.", rules_yaml, events, expected, categories,
-                                   args.timeout, profile)
+                                   args.timeout, profile, shlex.split(args.ours_args))
         if profile:
             print_profile(profile)
         progress(f"ours: {results['ours']}")
