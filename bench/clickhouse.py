@@ -3,7 +3,8 @@
     python -m bench.clickhouse --rows 1000000 --json [--targets server,chdb] [--batch-rows 50000]
 
 Per batch of events (generated outside the timings):
-  sink:  the sink's own DoFn code: _ToRowChunks.process per event (dict -> row, chunking), the chunks of
+  sink:  the sink's own DoFn code: _ToRowChunks.process per element (dict -> row, chunking; an element is
+         a list of `--element-events` events, as the pipeline's lists of records become), the chunks of
          the batch joined as GroupIntoBatches hands them over, _InsertBatches.process (chunk flattening,
          dedup token, retry wrapper, metrics, ONE client insert)                           -> db bench_sink
   floor: the client's insert of rows built beforehand (no conversion, no sink code)        -> db bench_floor
@@ -50,7 +51,7 @@ def log(msg: str) -> None:
     print(f"bench.clickhouse: {msg}", file=sys.stderr, flush=True)
 
 
-def bench_target(name: str, url: str, rows: int, batch_rows: int) -> dict:
+def bench_target(name: str, url: str, rows: int, batch_rows: int, element_events: int = 2000) -> dict:
     from apache_beam.transforms.window import GlobalWindow
     from apache_beam.utils.timestamp import Timestamp
 
@@ -93,9 +94,14 @@ def bench_target(name: str, url: str, rows: int, batch_rows: int) -> dict:
                 chunks = []
                 append = chunks.append
                 process = to_chunks.process
-                for e in events:
-                    for keyed in process(e, window, ts):
-                        append(keyed[1])
+                if element_events == 1:
+                    for e in events:
+                        for keyed in process(e, window, ts):
+                            append(keyed[1])
+                else:
+                    for i in range(0, n, element_events):
+                        for keyed in process(events[i:i + element_events], window, ts):
+                            append(keyed[1])
                 chunks.extend(wv.value[1] for wv in to_chunks.finish_bundle())
                 dead = list(insert.process((0, chunks)))
                 t_sink += time.perf_counter() - t
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.clickhouse", description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--batch-rows", type=int, default=50_000)
+    ap.add_argument("--element-events", type=int, default=2000,
+                    help="events per pipeline element (the pipeline reads lists of 500 records, ~2,000 "
+                    "events); 1 = one event per element")
     ap.add_argument("--targets", default="server,chdb", help="comma list of: server, chdb")
     ap.add_argument("--server-url", default=f"clickhouse://default@127.0.0.1:"
                                             f"{os.environ.get('CLICKHOUSE_TCP_PORT', '9000')}")
@@ -127,17 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
     args = ap.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    out: dict = {"rows": args.rows, "batch_rows": args.batch_rows, "target_ratio": 0.7}
+    out: dict = {"rows": args.rows, "batch_rows": args.batch_rows, "element_events": args.element_events,
+                 "target_ratio": 0.7}
     for name in targets:
         if name == "server":
             res = subprocess.run(["bash", str(ROOT / "scripts" / "clickhouse.sh"), "up"], capture_output=True,
                                  text=True, timeout=300)
             if res.returncode != 0:
                 raise SystemExit(f"bench.clickhouse: server did not start:\n{res.stderr}")
-            out[name] = bench_target(name, args.server_url, args.rows, args.batch_rows)
+            out[name] = bench_target(name, args.server_url, args.rows, args.batch_rows, args.element_events)
         elif name == "chdb":
             shutil.rmtree(args.chdb_path, ignore_errors=True)
-            out[name] = bench_target(name, f"chdb://{args.chdb_path}", args.rows, args.batch_rows)
+            out[name] = bench_target(name, f"chdb://{args.chdb_path}", args.rows, args.batch_rows,
+                                     args.element_events)
             from transforms.clickhouse_client import close_chdb
 
             close_chdb()
