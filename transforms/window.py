@@ -245,30 +245,43 @@ class _KeyByCategoryApp(beam.DoFn):
                 return []
             et, key, value = keyed
             return [window.TimestampedValue((key, value), et / 1000.0)]
-        # List: group by (window start, key), then one accumulator per group.
+        # List: group by (window start, key), then one accumulator per group. The per-event part of
+        # _keyed is inlined: this loop runs once per event of the pipeline.
         size = self._size_ms
+        limit_ms = source_ms - size - self._lateness_ms  # windows starting at or before this are expired
+        f = self._field
         groups: dict[tuple, list] = {}
         beyond = 0
-        keyed_of = self._keyed
         for e in ev:
-            keyed = keyed_of(e, source_ms)
-            if keyed is None:
+            et = e.get("event_time")
+            if type(et) is not int:
+                et = source_ms
+            start = et - et % size
+            if start < limit_ms:
                 beyond += 1
                 continue
-            et, key, value = keyed
-            g = groups.get((et - et % size, key))
+            v = e[f] if f in e else (e.get("attrs") or {}).get(f)
+            if type(v) is not float and type(v) is not int:
+                v = None
+            cat = e.get("category") or ""
+            app = e.get("app_id") or ""
+            dev = e.get("device_id") or ""
+            if type(cat) is not str or type(app) is not str or type(dev) is not str:
+                cat, app, dev = str(cat), str(app), str(dev)
+            gk = (start, cat, app)
+            g = groups.get(gk)
             if g is None:
-                groups[(et - et % size, key)] = [et, [value]]
+                groups[gk] = [et, [(dev, v)]]
             else:
                 if et > g[0]:
                     g[0] = et
-                g[1].append(value)
+                g[1].append((dev, v))
         if beyond:
             self._beyond.inc(beyond)
         stats = self._stats
-        return [window.TimestampedValue((key, stats.add_inputs(stats.create_accumulator(), values)),
+        return [window.TimestampedValue(((cat, app), stats.add_inputs(stats.create_accumulator(), values)),
                                         last_et / 1000.0)
-                for (_, key), (last_et, values) in groups.items()]
+                for (_, cat, app), (last_et, values) in groups.items()]
 
 
 class _FormatPane(beam.DoFn):
