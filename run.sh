@@ -16,6 +16,7 @@ usage: ./run.sh COMMAND [ARGS]
   setup                 install everything (Debian packages, .venv, Kafka jars, Prism, Flink); quick when done
   setup STEP...         only some steps: debian python kafka prism flink
   kafka-up|kafka-down|kafka-status            single-node Kafka (KRaft) on 127.0.0.1:${KAFKA_PORT:-9092}
+  kafka-secure-up|kafka-secure-down|kafka-secure-status   SASL/TLS/ACL Kafka of the security tests (:19192)
   clickhouse-up|clickhouse-down|clickhouse-status   ClickHouse server (scripts/clickhouse.sh)
   flink-up|flink-down|flink-status            Flink 2.2 standalone cluster on 127.0.0.1:8081 + Beam worker pool
   demo [ARGS]           start Kafka and run python -m pipeline.demo ARGS
@@ -102,6 +103,7 @@ stop_started_services() {
     for s in "${STARTED_SERVICES[@]}"; do
       case "$s" in
         kafka) scripts/kafka.sh down || true ;;
+        kafka-secure) scripts/kafka_secure.sh down || true ;;
         clickhouse) clickhouse down || true ;;
         flink) scripts/flink.sh down || true ;;
       esac
@@ -139,6 +141,8 @@ run_test() {
   # tests/conftest.py and tests/test_infra.py read the broker address from here.
   export KAFKA_BOOTSTRAP="127.0.0.1:${KAFKA_PORT:-9092}"
   if ! scripts/kafka.sh status >/dev/null 2>&1; then STARTED_SERVICES+=(kafka); fi
+  # tests/test_kafka_security.py starts and stops it itself; this also covers a pytest that was killed.
+  if ! scripts/kafka_secure.sh status >/dev/null 2>&1; then STARTED_SERVICES+=(kafka-secure); fi
   if ! clickhouse status >/dev/null 2>&1; then STARTED_SERVICES+=(clickhouse); fi
   # Tests may start Flink themselves (./run.sh flink-up); stop it afterwards if it was not running before.
   if ! scripts/flink.sh status >/dev/null 2>&1; then STARTED_SERVICES+=(flink); fi
@@ -177,6 +181,9 @@ case "$cmd" in
   kafka-up) do_setup kafka && scripts/kafka.sh up ;;
   kafka-down) scripts/kafka.sh down ;;
   kafka-status) scripts/kafka.sh status ;;
+  kafka-secure-up) do_setup kafka && scripts/kafka_secure.sh up ;;
+  kafka-secure-down) scripts/kafka_secure.sh down ;;
+  kafka-secure-status) scripts/kafka_secure.sh status ;;
   clickhouse-up) clickhouse up ;;
   clickhouse-down) clickhouse down ;;
   clickhouse-status) clickhouse status ;;

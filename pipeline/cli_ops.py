@@ -10,7 +10,8 @@
     unreviewed. Clearing moves that position and appends an audit record to `<dlq_topic>.audit`.
 
 Every command reads Kafka settings from --config (kafka.consumer / kafka.producer, secrets resolved), prints
-rich tables or, with --json, one JSON document, and exits 2 with one line when Kafka cannot be reached.
+rich tables or, with --json, one JSON document, and exits 2 with one line when Kafka cannot be reached or
+refuses access (failed login, missing ACL).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ _SKIP_REPLAY_CODES = {"SINK_REJECTED"}  # payload is a ClickHouse row as JSON, n
 
 class Unreachable(Exception):
     """Kafka did not answer within the timeout."""
+
+
+class Denied(Exception):
+    """Kafka refused the login, or the principal lacks an ACL on a topic or group: one line, exit 2."""
+
+
+# librdkafka error names that mean "no access"; retrying with the same settings cannot help.
+_DENIED_CODES = {"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED",
+                 "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"}
 
 
 class CommandError(Exception):
@@ -76,10 +86,25 @@ def _quiet_logger() -> logging.Logger:
     return log
 
 
+def _on_error(err: Any) -> None:
+    # A refused login only reaches error_cb (the request itself times out): raise it from the next poll.
+    if err.name() in _DENIED_CODES:
+        raise Denied(f"Kafka refused the login: {err.str()}")
+
+
+def _raise_denied(consumer: Any, bootstrap: str) -> None:
+    """After a timeout on an unassigned consumer: serve its callbacks (a refused login raises there) and
+    look at its queue, where librdkafka puts GROUP_AUTHORIZATION_FAILED instead of failing the request."""
+    msg = consumer.poll(0.1)
+    err = msg.error() if msg is not None else None
+    if err is not None and err.name() in _DENIED_CODES:
+        raise Denied(f"Kafka at {bootstrap} denied access: {err.name()}: {err.str()}")
+
+
 def _client_settings(base: dict[str, Any]) -> dict[str, Any]:
     cfg = dict(base)
     cfg["logger"] = _quiet_logger()
-    cfg["error_cb"] = lambda err: None
+    cfg["error_cb"] = _on_error
     cfg.setdefault("socket.connection.setup.timeout.ms", int(TIMEOUT_S * 1000))
     return cfg
 
@@ -172,6 +197,7 @@ def list_topics(consumer: Any, bootstrap: str) -> dict[str, Any]:
     try:
         return consumer.list_topics(timeout=TIMEOUT_S).topics
     except KafkaException as exc:
+        _raise_denied(consumer, bootstrap)
         raise Unreachable(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from None
 
 
@@ -211,6 +237,7 @@ def partition_lags(consumer: Any, bootstrap: str, topics: list[str]) -> list[Par
             off = committed.get((tp.topic, tp.partition), -1)
             out.append(PartitionLag(tp.topic, tp.partition, low, high, off if off >= 0 else None))
     except KafkaException as exc:
+        _raise_denied(consumer, bootstrap)
         raise Unreachable(f"Kafka at {bootstrap} did not answer: {exc.args[0].str()}") from None
     return out
 
@@ -231,9 +258,21 @@ def commit_offsets(consumer: Any, offsets: list[Any], attempts: int = 20) -> Non
             time.sleep(0.5)
 
 
-def select_topics(meta: dict[str, Any], topics: list[str] | None, pattern: str | None) -> list[str]:
+def select_topics(meta: dict[str, Any], topics: list[str] | None, pattern: str | None,
+                  consumer: Any = None) -> list[str]:
+    from confluent_kafka import KafkaException
+
     if topics:
         missing = [t for t in topics if t not in meta]
+        for t in missing if consumer is not None else ():
+            # A full listing leaves out topics the principal may not describe: asked by name, Kafka says so.
+            try:
+                tmd = consumer.list_topics(t, timeout=TIMEOUT_S).topics.get(t)
+            except KafkaException:
+                continue  # no better answer than "not found"
+            err = tmd.error if tmd is not None else None
+            if err is not None and err.name() in _DENIED_CODES:
+                raise Denied(f"not authorized to describe topic {t}: {err.name()}: {err.str()}")
         if missing:
             raise CommandError(f"topic(s) not found: {', '.join(missing)}")
         return topics
@@ -242,7 +281,7 @@ def select_topics(meta: dict[str, Any], topics: list[str] | None, pattern: str |
 
 
 def _fail(cmd: str, exc: BaseException) -> int:
-    if isinstance(exc, Unreachable):
+    if isinstance(exc, (Unreachable, Denied)):
         print(f"{cmd}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if isinstance(exc, ConfigError):
@@ -256,7 +295,7 @@ def _guarded(cmd: str, fn: Callable[[argparse.Namespace], int]) -> Callable[[arg
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (Unreachable, ConfigError, CommandError) as exc:
+        except (Unreachable, Denied, ConfigError, CommandError) as exc:
             return _fail(cmd, exc)
 
     return run
@@ -285,7 +324,7 @@ def lag_report(cfg: Any, group: str | None = None, topics: list[str] | None = No
     consumer = Consumer(settings)
     try:
         bootstrap = bootstrap_of(settings)
-        chosen = select_topics(list_topics(consumer, bootstrap), topics, pattern)
+        chosen = select_topics(list_topics(consumer, bootstrap), topics, pattern, consumer)
         parts = partition_lags(consumer, bootstrap, chosen)
     finally:
         consumer.close()

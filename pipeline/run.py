@@ -98,13 +98,14 @@ def config_from_options(opts: PipelineOptions) -> PipelineConfig:
 
 def preflight(cfg: PipelineConfig) -> None:
     """Reachability checks before any data moves: broker, source topics, ClickHouse, output topics."""
-    from transforms.kafkaio import KafkaReadError, list_partitions
+    from transforms.kafkaio import KafkaAuthError, KafkaReadError, list_partitions
     from transforms.route import ensure_topics, topic_name
 
     try:
         parts = list_partitions(cfg.read)
     except KafkaReadError as e:
-        if cfg.read.bounded or not cfg.read.topic_pattern:
+        # A pattern may match nothing yet, and discovery retries an outage; credentials and ACLs stay wrong.
+        if cfg.read.bounded or not cfg.read.topic_pattern or isinstance(e, KafkaAuthError):
             raise
         parts = []
         log.warning("%s", e)

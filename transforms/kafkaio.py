@@ -79,6 +79,11 @@ class KafkaReadError(RuntimeError):
     """A read error retrying cannot fix (unknown topic, authorization): names the topic."""
 
 
+class KafkaAuthError(KafkaReadError):
+    """Kafka refused the credentials, or the principal lacks an ACL: retrying with the same settings
+    cannot fix it, so even an unbounded read (which retries broker outages) stops."""
+
+
 @dataclass(frozen=True)
 class ReadConfig:
     consumer: dict[str, Any] = field(default_factory=dict)
@@ -148,41 +153,86 @@ class PartitionSpec(NamedTuple):
 # --- Client helpers ----------------------------------------------------------------------------
 
 
+def _who(cfg: dict[str, Any]) -> str:
+    user = cfg.get("sasl.username")
+    return f" as {user!r}" if user else ""
+
+
+def auth_error_cb(cfg: dict[str, Any], error_cls: type[Exception]):
+    """An error_cb that raises `error_cls` on a refused login. librdkafka reports that only through
+    error_cb and keeps reconnecting; the request that waits on it just times out (_TRANSPORT, after
+    10 s or, for a producer, message.timeout.ms) and says nothing about credentials. The exception
+    surfaces from the next poll/consume/flush of the client."""
+    where = f"{cfg.get('bootstrap.servers', '?')}{_who(cfg)}"
+
+    def on_error(err) -> None:
+        if err.name() in _AUTH_CODES:
+            raise error_cls(f"Kafka at {where} refused the login: {err.name()}: {err.str()}")
+        log.warning("kafka: %s", err.str())  # what librdkafka logs by itself without an error_cb
+
+    return on_error
+
+
 def _consumer(cfg: dict[str, Any]):
     from confluent_kafka import Consumer
 
-    return Consumer(cfg)
+    return Consumer({**cfg, "error_cb": auth_error_cb(cfg, KafkaAuthError)})
+
+
+def _raise_denied(consumer, cfg: dict[str, Any]) -> None:
+    """After a request on an unassigned consumer timed out: serve its callbacks (a refused login
+    raises from there) and look at its queue, where librdkafka puts GROUP_AUTHORIZATION_FAILED."""
+    msg = consumer.poll(0.1)
+    err = msg.error() if msg is not None else None
+    if err is not None and err.name() in _FATAL_CODES:
+        group = cfg.get("group.id")
+        subject = f"consumer group {group!r} (kafka.consumer group.id)" if "GROUP" in err.name() else "Kafka"
+        raise KafkaAuthError(f"not authorized to use {subject}{_who(cfg)}: {err.name()}: {err.str()}")
 
 
 def list_partitions(cfg: ReadConfig, consumer=None, timeout: float = 10.0) -> list[tuple[str, int]]:
-    """The (topic, partition) pairs to read now. Raises KafkaReadError naming a missing topic."""
+    """The (topic, partition) pairs to read now. Raises KafkaReadError naming a missing topic, and
+    KafkaAuthError naming a topic the principal may not read or a refused login."""
     own = consumer is None
-    consumer = consumer or _consumer(cfg.client_config())
+    client_cfg = cfg.client_config()
+    consumer = consumer or _consumer(client_cfg)
     try:
-        md = consumer.list_topics(timeout=timeout)
-    except Exception as e:  # KafkaException: broker unreachable within timeout
-        raise KafkaReadError(f"cannot list topics at {cfg.client_config()['bootstrap.servers']}: {e}") from e
+        try:
+            md = consumer.list_topics(timeout=timeout)
+        except Exception as e:  # KafkaException: broker unreachable within timeout
+            _raise_denied(consumer, client_cfg)
+            raise KafkaReadError(f"cannot list topics at {client_cfg['bootstrap.servers']}: {e}") from e
+        if cfg.topic_pattern:
+            rx = re.compile(cfg.topic_pattern)
+            names = [t for t in md.topics if rx.search(t) and not t.startswith("__")]
+        else:
+            names = list(cfg.topics)
+        out = []
+        for name in sorted(names):
+            tmd = md.topics.get(name)
+            if tmd is None and not cfg.topic_pattern:
+                # A full listing leaves out topics the principal may not describe: asking by name tells
+                # "not authorized" from "does not exist" (consumers never auto-create topics).
+                tmd = consumer.list_topics(name, timeout=timeout).topics.get(name)
+            err = tmd.error if tmd is not None else None
+            if tmd is None or (err is not None and err.name() in _UNKNOWN_CODES):
+                raise KafkaReadError(f"topic {name!r} does not exist (source.topics)")
+            if err is not None and err.name() in _FATAL_CODES:
+                raise KafkaAuthError(
+                    f"not authorized to read topic {name!r}{_who(client_cfg)}: {err.name()}: {err.str()}"
+                )
+            if err is not None:
+                raise KafkaReadError(f"topic {name!r}: {err.str()}")
+            out.extend((name, p) for p in sorted(tmd.partitions))
     finally:
         if own:
             consumer.close()
-    out = []
-    if cfg.topic_pattern:
-        rx = re.compile(cfg.topic_pattern)
-        names = [t for t in md.topics if rx.search(t) and not t.startswith("__")]
-    else:
-        names = list(cfg.topics)
-    for name in sorted(names):
-        tmd = md.topics.get(name)
-        if tmd is None:
-            raise KafkaReadError(f"topic {name!r} does not exist (source.topics)")
-        if tmd.error is not None:
-            raise KafkaReadError(f"topic {name!r}: {tmd.error.str()}")
-        out.extend((name, p) for p in sorted(tmd.partitions))
     return out
 
 
-def _retrying(call, what: str, budget_s: float = 120.0):
-    """`call()` again while the broker answers with a retriable error (leader election, restart)."""
+def _retrying(call, what: str, budget_s: float = 120.0, consumer=None, cfg: dict[str, Any] | None = None):
+    """`call()` again while the broker answers with a retriable error (leader election, restart).
+    With an (unassigned) `consumer`, an authorization failure behind a timeout is raised at once."""
     from confluent_kafka import KafkaException
 
     deadline = time.monotonic() + budget_s
@@ -192,6 +242,8 @@ def _retrying(call, what: str, budget_s: float = 120.0):
             return call()
         except KafkaException as e:
             err = e.args[0]
+            if consumer is not None:
+                _raise_denied(consumer, cfg or {})
             if not err.retriable() and err.name() not in (
                 "_TRANSPORT",
                 "_TIMED_OUT",
@@ -205,17 +257,23 @@ def _retrying(call, what: str, budget_s: float = 120.0):
             delay = min(delay * 2, 10.0)
 
 
-def resolve_start(consumer, topic: str, partition: int, policy: str) -> int:
-    """The first offset to read for a start policy; `committed` falls back to earliest."""
+def resolve_start(
+    consumer, topic: str, partition: int, policy: str, cfg: dict[str, Any] | None = None
+) -> int:
+    """The first offset to read for a start policy; `committed` falls back to earliest.
+    `consumer` must be unassigned (a failure is diagnosed by polling it); `cfg` names the group."""
     from confluent_kafka import TopicPartition
 
     tp = TopicPartition(topic, partition)
     what = f"offsets of {topic}[{partition}]"
-    low, high = _retrying(lambda: consumer.get_watermark_offsets(tp, timeout=10), what)
+    low, high = _retrying(
+        lambda: consumer.get_watermark_offsets(tp, timeout=10), what, consumer=consumer, cfg=cfg
+    )
     if policy == "latest":
         return high
     if policy == "committed":
-        committed = _retrying(lambda: consumer.committed([tp], timeout=10), what)[0].offset
+        fetched = _retrying(lambda: consumer.committed([tp], timeout=10), what, consumer=consumer, cfg=cfg)
+        committed = fetched[0].offset
         if committed >= 0:
             return max(committed, low)
     return low
@@ -223,16 +281,19 @@ def resolve_start(consumer, topic: str, partition: int, policy: str) -> int:
 
 def plan_bounded(cfg: ReadConfig) -> list[PartitionSpec]:
     """Fixes each partition's [start, end) at read start, and splits max_records across them."""
-    consumer = _consumer(cfg.client_config())
+    client_cfg = cfg.client_config()
+    consumer = _consumer(client_cfg)
     try:
         from confluent_kafka import TopicPartition
 
         specs = []
         for topic, p in list_partitions(cfg, consumer):
-            start = resolve_start(consumer, topic, p, cfg.start)
+            start = resolve_start(consumer, topic, p, cfg.start, client_cfg)
             _, high = _retrying(
                 lambda t=topic, p=p: consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10),
                 f"end offset of {topic}[{p}]",
+                consumer=consumer,
+                cfg=client_cfg,
             )
             specs.append(PartitionSpec(topic, p, start, max(start, high)))
     finally:
@@ -342,7 +403,15 @@ class _CachedConsumer:
 _last_busy: dict[tuple[str, int], float] = {}
 
 
-_FATAL_CODES = {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"}
+# Errors no retry fixes: the principal lacks an ACL (message errors of a consume, topic metadata, the
+# consumer queue after a group request) or the login was refused (error_cb, see auth_error_cb). A read
+# that meets one fails with KafkaAuthError naming the topic or group, bounded and unbounded alike.
+_AUTH_CODES = {"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED"}
+_FATAL_CODES = {
+    "TOPIC_AUTHORIZATION_FAILED",
+    "GROUP_AUTHORIZATION_FAILED",
+    "CLUSTER_AUTHORIZATION_FAILED",
+} | _AUTH_CODES
 _UNKNOWN_CODES = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"}
 # A new topic can look unknown for a moment while metadata propagates; longer than this, it is gone.
 UNKNOWN_TOPIC_GRACE_S = 30.0
@@ -424,7 +493,12 @@ class _ReadPartitionFn(beam.DoFn):
     def _handle_error(self, err, topic: str, partition: int) -> None:
         self._errors.inc()
         name = err.name()
-        if name in _FATAL_CODES or err.fatal():
+        if name in _FATAL_CODES:
+            raise KafkaAuthError(
+                f"not authorized to read topic {topic!r} partition {partition}{_who(self._client_cfg)}: "
+                f"{name}: {err.str()}"
+            )
+        if err.fatal():
             raise KafkaReadError(f"reading topic {topic!r} partition {partition}: {name}: {err.str()}")
         now = time.monotonic()
         if name in _UNKNOWN_CODES:
@@ -657,6 +731,8 @@ class _DiscoverFn(beam.DoFn):
             _last_discovery[self._key] = now
             try:
                 parts = list_partitions(self._cfg)
+            except KafkaAuthError:
+                raise  # credentials or ACLs: waiting for the next tick changes nothing
             except KafkaReadError as e:
                 # A broker outage or a not-yet-created topic must not kill the job: retry next tick.
                 log.warning(
@@ -688,9 +764,13 @@ class _NewPartitionsFn(beam.DoFn):
         new = [tp for tp in parts if tp not in known]
         if not new:
             return
-        consumer = _consumer(self._cfg.client_config())
+        client_cfg = self._cfg.client_config()
+        consumer = _consumer(client_cfg)
         try:
-            specs = [PartitionSpec(t, p, resolve_start(consumer, t, p, policy), _OPEN_END) for t, p in new]
+            specs = [
+                PartitionSpec(t, p, resolve_start(consumer, t, p, policy, client_cfg), _OPEN_END)
+                for t, p in new
+            ]
         finally:
             consumer.close()
         seen.write(known | set(new))
@@ -762,7 +842,10 @@ class _WriteFn(beam.DoFn):
     def setup(self) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer(resolve_secrets(merged(PRODUCER_DEFAULTS, self._producer_cfg)))
+        cfg = resolve_secrets(merged(PRODUCER_DEFAULTS, self._producer_cfg))
+        # A refused login raises KafkaWriteError from the next poll/flush instead of waiting out the
+        # retry budget (records to a broker that refuses us time out as if it were down).
+        self._producer = Producer({**cfg, "error_cb": auth_error_cb(cfg, KafkaWriteError)})
         self._failures: list[tuple[Any, Any]] = []
 
     def start_bundle(self) -> None:
@@ -800,9 +883,7 @@ class _WriteFn(beam.DoFn):
         deadline = time.monotonic() + self._retry_budget_s
         backoff = 0.5
         while True:
-            remaining = self._producer.flush(
-                max(1.0, min(self._flush_timeout_s, deadline - time.monotonic()))
-            )
+            remaining = self._flush(max(1.0, min(self._flush_timeout_s, deadline - time.monotonic())))
             failures, self._failures = self._failures, []
             fatal = [(e, m) for e, m in failures if not _retriable(e)]
             if fatal:
@@ -836,10 +917,23 @@ class _WriteFn(beam.DoFn):
                 log.warning("kafka write: %d records still unacknowledged; waiting for the broker", remaining)
         self._written.inc(self._pending)
 
+    def _flush(self, timeout: float) -> int:
+        """producer.flush in slices of 1 s: an exception of the error_cb (a refused login) surfaces only
+        when a flush call returns, and one long call would hold it back for the whole timeout."""
+        end = time.monotonic() + timeout
+        while True:
+            remaining = self._producer.flush(max(0.0, min(1.0, end - time.monotonic())))
+            if not remaining or time.monotonic() >= end:
+                return remaining
+
     def teardown(self) -> None:
-        producer = getattr(self, "_producer", None)
-        if producer is not None:
-            producer.flush(self._flush_timeout_s)
+        if getattr(self, "_producer", None) is not None:
+            try:
+                self._flush(self._flush_timeout_s)
+            except Exception as e:  # e.g. a refused login or a fatal idempotent-producer error
+                # A failing bundle has reported the cause already; an error here would hide it.
+                log.warning("kafka write teardown: %s", e)
+            self._producer = None  # destroys the client now: a refused one would keep reconnecting
 
 
 def _retriable(err) -> bool:
