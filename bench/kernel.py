@@ -89,19 +89,23 @@ def make_records(n_events: int, lines: list[tuple[str, str]], seed: int = 7):
 def run_kernel(unpacker, clf, records, expected, chunk: int, inplace: bool = False) -> tuple[float, int, int]:
     """(CPU seconds, events, correctly classified) for unpack+validate+classify of all records in chunks.
 
-    Outputs are checked and dropped chunk by chunk, as downstream stages would consume them.
+    Outputs are checked and dropped chunk by chunk, as downstream stages would consume them. Only the
+    unpack and classify calls are timed: the accuracy check is the benchmark's own work (the floor has
+    none), so it runs off the clock.
     """
     n = correct = 0
-    t0 = clock()
+    spent = 0.0
     for i in range(0, len(records), chunk):
+        t0 = clock()
         events, dls = unpacker.unpack_batch(records[i:i + chunk])
+        out = clf.classify_batch(events, inplace=inplace)
+        spent += clock() - t0
         if dls:
             raise SystemExit(f"unexpected dead letters: {dls[:2]}")
-        out = clf.classify_batch(events, inplace=inplace)
         want = expected[n:n + len(out)]
         correct += sum(e["category"] == w for e, w in zip(out, want, strict=True))
         n += len(out)
-    return clock() - t0, n, correct
+    return spent, n, correct
 
 
 def run_floor(db, records) -> tuple[float, int]:

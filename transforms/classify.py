@@ -110,6 +110,10 @@ class Classifier:
         # (category, rule_id, engine) for each rank, per engine, built once.
         self._res_hs = [(r.category, r.id, "hyperscan") for r in self.rules]
         self._res_re = [(r.category, r.id, "re") for r in self.rules]
+        # The common case, with its own loop in classify_batch: every rule is in the database, exact
+        # (no prefilter to confirm, none on `re`) and allowed in every field.
+        self._plain = (self._db is not None and not self._restricted and not re_ranks
+                       and not any(self._confirm))
 
     # --- setup -----------------------------------------------------------------------------
     def _compile_hyperscan(self) -> tuple[list[int], list[int]]:
@@ -280,6 +284,8 @@ class Classifier:
         """
         if self._db is None:
             return [self._classify_general(ev, inplace) for ev in events]
+        if self._plain:
+            return self._classify_plain(events, inplace)
         none = self._none
         default = self._default
         res_hs, res_re = self._res_hs, self._res_re
@@ -311,7 +317,7 @@ class Classifier:
                 if restricted:
                     table = tables.get(name) or self._allow_table(name)
                 clear()
-                scan(text.encode(), match_event_handler=on_match)
+                scan(text.encode(), on_match)  # (data, match_event_handler): positional is cheaper
                 if hits:
                     k = min(hits)
                     if confirm[k] or (restricted and not table[k]):
@@ -327,6 +333,47 @@ class Classifier:
                         if (allowed is None or name in allowed) and rx.search(text):
                             best, res = k, res_re
                             break
+            cat, rid, eng = default if best == none else res[best]
+            if not inplace:
+                ev = ev.copy()
+            ev["category"] = cat
+            ev["rule_id"] = rid
+            ev["engine"] = eng
+            push(ev)
+        return out
+
+    def _classify_plain(self, events, inplace: bool) -> list[dict[str, Any]]:
+        """classify_batch when every rule runs exactly on hyperscan and none is restricted to fields
+        (`_plain`): an ASCII text's best rank is the smallest hit, nothing else to check."""
+        none = self._none
+        default = self._default
+        res_hs = self._res_hs
+        best_text = self._best_text
+        scan = self._db.scan
+        on_match = self._on_match
+        hits = self._hits
+        clear = hits.clear
+        out = []
+        push = out.append
+        for ev in events:
+            best = none
+            res = res_hs
+            for name, text in ev["fields"].items():
+                if text.__class__ is str and text.isascii():
+                    if text:
+                        clear()
+                        scan(text.encode(), on_match)
+                        if hits:
+                            k = min(hits)
+                            if k < best:
+                                best = k
+                                res = res_hs
+                elif text:
+                    if not isinstance(text, str):
+                        self._classify_general(ev, False)  # raises its TypeError naming the field
+                    k, by_re = best_text(text, name, best)
+                    if k < best:
+                        best, res = k, (self._res_re if by_re else res_hs)
             cat, rid, eng = default if best == none else res[best]
             if not inplace:
                 ev = ev.copy()

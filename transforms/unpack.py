@@ -334,6 +334,7 @@ class Unpacker:
         self._topics: dict[Any, tuple[str, bytes | None]] = {}
         self._text_fields = cfg.text_fields
         self._text_set = frozenset(cfg.text_fields)
+        self._text_in = self._text_set.intersection
         self._types = tuple((k, tname, _TYPE_SETS[tname]) for k, tname in v.types)
         self._required = v.required
         self._required_top = all(k in _TOP_KEYS for k in v.required)
@@ -639,11 +640,12 @@ class Unpacker:
         meta was checked once per message). `pre` is the record's b"<topic>:<partition>:<offset>:"
         (None when the topic does not encode). Raises _Reject.
         """
-        for k, tname, ok_types in self._types:
-            v = own.get(k)
-            if v is not None and type(v) not in ok_types:
-                raise _Reject(VALIDATION_ERROR,
-                              f"field '{k}': expected {tname}, got {type(v).__name__} {_short(v)}")
+        if self._types:
+            for k, tname, ok_types in self._types:
+                v = own.get(k)
+                if v is not None and type(v) not in ok_types:
+                    raise _Reject(VALIDATION_ERROR,
+                                  f"field '{k}': expected {tname}, got {type(v).__name__} {_short(v)}")
         pop = m.pop
 
         t = None
@@ -688,7 +690,7 @@ class Unpacker:
                 raise _Reject(VALIDATION_ERROR, f"field 'duration_ms': expected a number, got {_short(v)}")
 
         fields = {}
-        keys = self._text_set.intersection(m)
+        keys = self._text_in(m)
         if keys:
             if len(keys) > 1:  # in text_fields order, so that `fields` is the same in every process
                 keys = [k for k in self._text_fields if k in keys]
