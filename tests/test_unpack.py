@@ -422,8 +422,13 @@ def test_dofn_accepts_a_list_of_records():
     fn = UnpackFn(validate_unpack_config(None))
     fn.setup()
     out = list(fn.process([rec(b'{"a": 1}', offset=1), rec(b"", offset=2)]))
-    assert out[0]["src"] == ["perf", 2, 1, 0]
+    # A list of records in, ONE list of events out; dead letters one by one.
+    assert type(out[0]) is list and [e["src"] for e in out[0]] == [["perf", 2, 1, 0]]
     assert out[1].tag == DLQ_TAG and out[1].value["code"] == EMPTY
+    assert len(out) == 2
+    # A single record still gives events one by one.
+    single = list(fn.process(rec(b'{"a": 1}', offset=3)))
+    assert [e["src"] for e in single] == [["perf", 2, 3, 0]]
     fn.finish_bundle()  # outside a pipeline the counters are a no-op; stats are cleared
     assert not fn._unpacker.stats
 
