@@ -40,7 +40,7 @@ def build_from_records(records, cfg: PipelineConfig) -> dict[str, Any]:
         | "RouteByCategory" >> EventsToCategoryTopics(cfg.routes.topic_template)
         | "WriteEvents" >> WriteToKafka(cfg.producer)
     )
-    aggregates = events | "WindowMetrics" >> WindowMetrics(cfg.window)
+    aggregates = events | "WindowMetrics" >> WindowMetrics(cfg.window, bounded=cfg.read.bounded)
 
     dead_letters = {"Input": (unpacked.dlq, classified.dlq) | "InputDeadLetters" >> beam.Flatten()}
     if cfg.clickhouse is not None:

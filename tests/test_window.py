@@ -110,13 +110,15 @@ def test_stats_sampled_accuracy_and_exact_max():
 # --- batch aggregates (FnApiRunner) ------------------------------------------------------------------------
 
 
-def test_batch_aggregates_per_key_and_window():
+# bounded=True: the pipeline's bounded runs format panes without state; rows must be the same.
+@pytest.mark.parametrize("bounded", [False, True])
+def test_batch_aggregates_per_key_and_window(bounded):
     events = [ev(1_000, "d1", 10), ev(2_000, "d2", 20), ev(59_999, "d1", 30), ev(60_000, "d3", 40),
               ev(5_000, "d1", 7, category="PERF_CRASH"), ev(6_000, "d1", None, app="other"),
               ev(7_000, "d2", 1, app="other")]
     options = PipelineOptions(["--runner=FnApiRunner"])
     with beam.Pipeline(options=options) as p:
-        rows = p | beam.Create(events) | WindowMetrics(WindowConfig(size_s=60))
+        rows = p | beam.Create(events) | WindowMetrics(WindowConfig(size_s=60), bounded=bounded)
         fields = ("window_start", "window_end", "category", "app_id", "count", "distinct_devices",
                   "p50", "p95", "max", "pane", "pane_index")
         assert_that(rows | beam.Map(lambda r: tuple(r[f] for f in fields)),
