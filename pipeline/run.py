@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -242,6 +243,19 @@ def run_and_wait(p: beam.Pipeline, stop: _GracefulStop) -> int:
     return 0
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections while events flow (the local runners run the DoFns in this process).
+
+    The hot path allocates millions of short-lived dicts, and every 700 allocations CPython's collector ran,
+    its older generations walking Beam's ~2,000 modules' objects again and again. Freezing what start-up
+    made (never garbage) and collecting the young generation every 50k allocations: +20-25% events per
+    CPU-second end to end (bench.e2e, 300k events, A/B in one session: 17.8k -> 22.3k and 17.7k -> 21.4k).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
 def run_pipeline(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print_help()
@@ -291,5 +305,6 @@ def run_pipeline(argv: list[str]) -> int:
             ]
         p = beam.Pipeline(options=PipelineOptions(argv))
         build_pipeline(p, cfg)
+        tune_gc()
         log.info("running on %s (%s)", runner, "bounded" if cfg.read.bounded else "unbounded")
         return run_and_wait(p, stop)
