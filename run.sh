@@ -45,6 +45,7 @@ setup_python() {
   h=$(inputs_hash "${req[@]}" constraints.txt "$("$py" -V 2>&1)")
   if [[ -x "$PY" ]] && stamp_ok "$stamp" "$h"; then
     say "python: .venv up to date"
+    setup_native
     return 0
   fi
   if [[ ! -x "$PY" ]]; then
@@ -56,6 +57,31 @@ setup_python() {
   "$PY" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt "${pipargs[@]}"
   stamp_write "$stamp" "$h"
   say "python: done in $((SECONDS - t0)) s"
+  setup_native
+}
+
+# The native fast path of transforms/unpack.py (native/: Rust, PyO3), built with maturin into .venv and
+# rebuilt only when its sources change. A failed build fails setup: the tests must not silently run only
+# the Python fallback (which stays for Beam workers without the wheel).
+setup_native() {
+  local h stamp="$VENV/.native-stamp" wheels="$CACHE_DIR/wheels"
+  h=$(inputs_hash native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/*.rs "$("$PY" -V 2>&1)")
+  if stamp_ok "$stamp" "$h" && "$PY" -c "import perf_native" 2>/dev/null; then
+    say "native: perf_native up to date"
+    return 0
+  fi
+  if ! command -v cargo >/dev/null && [[ -x "$HOME/.cargo/bin/cargo" ]]; then PATH="$HOME/.cargo/bin:$PATH"; fi
+  command -v cargo >/dev/null || die "native: cargo not found (a Rust toolchain is needed to build native/: https://rustup.rs)"
+  say "native: building perf_native with $(cargo -V | cut -d' ' -f1-2) (first build ~30 s: crates download + compile)"
+  local t0=$SECONDS
+  rm -rf "$wheels" && mkdir -p "$wheels"
+  "$PY" -m maturin build --release --locked -m native/Cargo.toml -i "$PY" -o "$wheels" ||
+    die "native: maturin build failed (see above)"
+  "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheels"/perf_native-*.whl ||
+    die "native: installing the wheel failed"
+  "$PY" -c "import perf_native" || die "native: perf_native does not import after the install"
+  stamp_write "$stamp" "$h"
+  say "native: built and installed in $((SECONDS - t0)) s"
 }
 
 setup_kafka() { scripts/kafka.sh setup; }

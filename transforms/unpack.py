@@ -33,7 +33,9 @@ Event time (ms): first present of `timestamp`, `time`, `ts` (logs envelope: `mti
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -60,6 +62,11 @@ from transforms.common import (
     now_ms,
 )
 
+try:  # the native fast path (native/, built by ./run.sh setup python); Beam workers may lack the wheel
+    import perf_native
+except ImportError:  # pragma: no cover - depends on the install
+    perf_native = None
+
 __all__ = [
     "ENVELOPES",
     "METRICS_NAMESPACE",
@@ -68,9 +75,12 @@ __all__ = [
     "UnpackFn",
     "Unpacker",
     "ValidationConfig",
+    "native_available",
     "parse_event_time",
     "validate_unpack_config",
 ]
+
+_log = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "unpack"
 ENVELOPES = ("upload", "logs", "jsonl", "json")
@@ -247,6 +257,12 @@ def validate_unpack_config(section: dict | None) -> UnpackConfig:
     )
 
 
+def native_available() -> bool:
+    """True when the native fast path is installed and not disabled with PERF_NATIVE=0. An Unpacker uses
+    it only when its config allows (`Unpacker.native`)."""
+    return perf_native is not None and os.environ.get("PERF_NATIVE", "1") != "0"
+
+
 # --- Event time ----------------------------------------------------------------------------------
 
 
@@ -326,7 +342,10 @@ class Unpacker:
     traceparent.invalid) that the Beam DoFn flushes to Beam metrics once per bundle.
     """
 
-    def __init__(self, cfg: UnpackConfig | None = None) -> None:
+    def __init__(self, cfg: UnpackConfig | None = None, native: bool | None = None) -> None:
+        """`native`: use the native fast path (None: when `native_available()`). It is used only when the
+        config has no `validation.types`/`required` (the native code does not implement them) and no
+        repeated text field; records it is not sure about still go through the Python code below."""
         self.cfg = cfg = cfg or UnpackConfig()
         v = cfg.validation
         self.stats: defaultdict[str, int] = defaultdict(int)
@@ -346,6 +365,19 @@ class Unpacker:
         # Integer payload times in [_t_lo, _t_hi] are milliseconds inside the skew bounds: accepted as
         # they are. Set per batch (they depend on its ingest time); anything else takes the full check.
         self._t_lo = self._t_hi = 0
+        if native is None:
+            native = native_available()
+        self._native = (perf_native.unpack_records
+                        if native and perf_native is not None and not v.types and not v.required
+                        and len(set(cfg.text_fields)) == len(cfg.text_fields) else None)
+        # limits as the native code takes them (machine integers)
+        self._native_limits = tuple(min(x, 1 << 62)
+                                    for x in (self._max_chars, self._max_items, self._max_value))
+
+    @property
+    def native(self) -> bool:
+        """True when unpack_batch runs the native fast path (with the Python code for the other records)."""
+        return self._native is not None
 
     # Public API ---------------------------------------------------------------------------------
 
@@ -359,6 +391,8 @@ class Unpacker:
         past, fut = self._past_ms, self._future_ms
         self._t_lo = _MS_LO if past is None else max(_MS_LO, now - past)
         self._t_hi = _MS_HI - 1 if fut is None else min(_MS_HI - 1, now + fut)
+        if self._native is not None:
+            return self._unpack_native(records, now)
         record = self._record
         n = 0
         for rec in records:
@@ -373,6 +407,55 @@ class Unpacker:
                 dls.append(self._internal_dl(rec, exc))
         stats = self.stats
         stats["records_in"] += n
+        if events:
+            stats["events_out"] += len(events)
+        if dls:
+            stats["dead_letters"] += len(dls)
+            for d in dls:
+                stats["dlq." + d["code"]] += 1
+        return events, dls
+
+    def _unpack_native(self, records: Iterable[KafkaRecord], now: int) -> tuple[list[dict], list[dict]]:
+        """unpack_batch with the native fast path: the common records become events in native code,
+        the others go through `_record` at their place in the batch, so the outputs and counters are
+        exactly those of the Python path."""
+        if type(records) is not list and type(records) is not tuple:
+            records = list(records)
+        stats = self.stats
+        dls: list[dict] = []
+        try:
+            events, fallbacks, n_up = self._native(
+                records, KafkaRecord, self._topics, self._topic_info, now, self._t_lo, self._t_hi,
+                self._text_fields, *self._native_limits)
+        except Exception:  # noqa: BLE001 - a bug there must not lose records: the Python path takes the batch
+            _log.exception("unpack: native fast path failed; this batch goes through the Python code")
+            events, fallbacks, n_up = [], [(i, 0, 0) for i in range(len(records))], 0
+        if fallbacks:
+            native_events = events
+            events = []
+            record = self._record
+            done = up_done = 0
+            for i, pos, up_before in fallbacks:
+                if pos > done:
+                    events += native_events[done:pos]
+                    done = pos
+                if up_before > up_done:  # counted where the Python path counts them: record by record
+                    stats["uploads.200"] += up_before - up_done
+                    up_done = up_before
+                rec = records[i]
+                n_ev = len(events)
+                n_dl = len(dls)
+                try:
+                    record(rec, now, events, dls)
+                except Exception as exc:  # noqa: BLE001 - as in unpack_batch
+                    del events[n_ev:]
+                    del dls[n_dl:]
+                    dls.append(self._internal_dl(rec, exc))
+            events += native_events[done:]
+            n_up -= up_done
+        if n_up:
+            stats["uploads.200"] += n_up
+        stats["records_in"] += len(records)
         if events:
             stats["events_out"] += len(events)
         if dls:
@@ -779,6 +862,9 @@ class UnpackFn(beam.DoFn):
 
     def setup(self) -> None:
         self._unpacker = Unpacker(self._cfg)
+        _log.info("unpack: %s", "native fast path (perf_native) + Python for the other records"
+                  if self._unpacker.native else "Python path (native fast path not installed, disabled "
+                  "with PERF_NATIVE=0, or validation.types/required configured)")
 
     def process(self, element):
         if type(element) is list:  # a list of records in, ONE list of events out (dead letters one by one)
