@@ -29,6 +29,7 @@ _SOURCE_KEYS = {
     "poll_batch",
     "max_poll_s",
     "batch_records",
+    "event_time_header",
 }
 # The pipeline reads lists of records (ReadConfig.batch_records): every stage then pays Beam's per-element
 # cost once per list. 500 records are ~2,000 events and ~0.5 MB: small enough for smooth bundles.
@@ -98,6 +99,7 @@ def _read_config(kafka: dict[str, Any], source: dict[str, Any]) -> ReadConfig:
         ("poll_batch", (int,)),
         ("max_poll_s", (int, float)),
         ("batch_records", (int,)),
+        ("event_time_header", (str,)),
     ):
         if source.get(key) is not None:
             kwargs[key] = _typed(source, key, types, "source")

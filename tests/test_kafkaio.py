@@ -83,6 +83,36 @@ def test_batch_records_gives_lists_of_one_partition_and_a_list_sink(kafka, topic
     assert _committed(group, topic, 2) == [60, 41]
 
 
+@pytest.mark.parametrize("batch_records", [1, 4])
+def test_event_time_header_drives_element_timestamps(kafka, topic_prefix, batch_records):
+    # Kafka timestamps are "now"; the producer's event times (2 h earlier, in ms or s) come in a header.
+    topic = f"{topic_prefix}.in"
+    create_topics([topic], partitions=1)
+    base_ms = 1_790_000_000_000
+    headers = [("event_time", str(base_ms + i * 1000).encode()) for i in range(5)]
+    headers += [("event_time", str((base_ms + 5000) // 1000).encode()),  # seconds
+                ("other", b"x"), ("event_time", b"not a time")]  # both: the Kafka timestamp
+    for i, h in enumerate(headers):
+        produce(topic, [b"v%d" % i], headers=[h], partition=0)
+    cfg = _cfg(f"{topic_prefix}-g", topics=(topic,), event_time_header="event_time",
+               batch_records=batch_records)
+
+    def event_ms(r):  # what the header says, else the Kafka timestamp
+        i = int(r.value[1:])
+        return base_ms + i * 1000 if i < 6 else r.timestamp
+
+    class Stamp(beam.DoFn):
+        def process(self, element, ts=beam.DoFn.TimestampParam):
+            recs = element if isinstance(element, list) else [element]
+            # An element is stamped with its (oldest) record's event time.
+            yield ts.micros // 1000 == min(event_ms(r) for r in recs), len(recs)
+
+    with beam.Pipeline(options=FNAPI) as p:
+        got = p | ReadFromKafka(cfg) | beam.ParDo(Stamp())
+        assert_that(got | beam.Map(lambda t: t[0]) | beam.Distinct(), equal_to([True]), label="stamps")
+        assert_that(got | beam.Map(lambda t: t[1]) | beam.CombineGlobally(sum), equal_to([8]), label="all")
+
+
 def test_restart_with_same_group_reads_only_new_records(kafka, topic_prefix):
     topic = f"{topic_prefix}.in"
     create_topics([topic], partitions=2)

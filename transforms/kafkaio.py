@@ -26,6 +26,7 @@ acknowledged, so the runner retries it: at least once.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 import threading
@@ -73,6 +74,7 @@ def reset_stop() -> None:
 
 
 _OPEN_END = sys.maxsize  # the stop offset of an unbounded restriction
+_MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: a header time beyond it is garbage
 
 
 class KafkaReadError(RuntimeError):
@@ -100,6 +102,9 @@ class ReadConfig:
     commit_offsets: bool = True
     poll_batch: int = 5000
     max_poll_s: float = 1.0
+    # Event time instead of the Kafka timestamp for element timestamps and the watermark: the header of
+    # this name (decimal ms, or s/µs/ns by magnitude); records without it keep their Kafka timestamp.
+    event_time_header: str | None = None
     # Records per output element: 1 = one KafkaRecord per element (the usual IO contract); n > 1 = lists of
     # up to n records of one partition, so downstream DoFns pay Beam's per-element cost once per list.
     batch_records: int = 1
@@ -134,6 +139,9 @@ def validate_read_config(cfg: ReadConfig) -> ReadConfig:
     for name in ("idle_timeout_s", "discovery_interval_s", "max_poll_s"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"source.{name}", "must be > 0")
+    if cfg.event_time_header is not None and (not isinstance(cfg.event_time_header, str)
+                                              or not cfg.event_time_header):
+        raise ConfigError("source.event_time_header", f"must be a header name, got {cfg.event_time_header!r}")
     for name in ("poll_batch", "batch_records"):
         if type(getattr(cfg, name)) is not int or getattr(cfg, name) < 1:
             raise ConfigError(f"source.{name}", f"must be an integer >= 1, got {getattr(cfg, name)!r}")
@@ -584,20 +592,25 @@ class _ReadPartitionFn(beam.DoFn):
                     nbytes = 0
                     n = 0
                     per = cfg.batch_records
+                    time_header = cfg.event_time_header
                     batch: list[KafkaRecord] = []
                     min_ts = 0
                     for m in data:
                         off = m.offset()
                         if off > upto:
                             break
-                        ts = m.timestamp()[1]
+                        kts = m.timestamp()[1]
                         value = m.value()
                         if value is not None:
                             nbytes += len(value)
+                        n += 1
+                        headers = tuple(m.headers() or ())
+                        rec = KafkaRecord(topic, partition, off, kts, m.key(), value, headers)
+                        ts = kts
+                        if time_header is not None and headers:
+                            ts = _header_time(headers, time_header, kts)
                         if ts > max_ts:
                             max_ts = ts
-                        n += 1
-                        rec = KafkaRecord(topic, partition, off, ts, m.key(), value, tuple(m.headers() or ()))
                         if per == 1:
                             yield TimestampedValue(rec, ts / 1000.0)
                             continue
@@ -639,6 +652,26 @@ class _ReadPartitionFn(beam.DoFn):
                 # Prism asks every bundle of this stage to finalize; a bundle that registered nothing
                 # is already released by the SDK and that request fails noisily. Register a no-op.
                 finalizer.register(_noop)
+
+
+def _header_time(headers: tuple, name: str, default: int) -> int:
+    """Event time (ms) from the last header `name`: a decimal number (ms, or s/µs/ns by magnitude, as
+    unpack reads payload times); the Kafka timestamp when the header is missing or not a time."""
+    raw = None
+    for hk, hv in headers:
+        if hk == name:
+            raw = hv
+    if raw is None:
+        return default
+    try:
+        v = float(raw)  # bytes of ASCII digits
+    except (TypeError, ValueError):
+        return default
+    if not math.isfinite(v) or v <= 0:
+        return default
+    a = abs(v)
+    ms = int(v * 1000) if a < 1e11 else int(v) if a < 1e14 else int(v // 1000) if a < 1e17 else int(v // 1e6)
+    return ms if ms <= _MAX_TIME_MS else default
 
 
 def _noop() -> None:
@@ -783,7 +816,8 @@ class ReadFromKafka(beam.PTransform):
     """Reads Kafka records (`KafkaRecord`) from a topic list or a topic regex.
 
     Bounded with `stop_at_end` or `max_records`, unbounded otherwise. Elements are timestamped with
-    the Kafka record timestamp; the watermark follows it per partition.
+    the Kafka record timestamp (or the event time in `event_time_header`); the watermark follows it per
+    partition.
     """
 
     def __init__(self, cfg: ReadConfig) -> None:
