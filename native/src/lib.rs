@@ -7,19 +7,19 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use blake2::{Blake2b512, Digest};
 use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 /// Deeper documents go to Python (orjson's own limit is 1024 levels).
 const MAX_DEPTH: u32 = 256;
 /// Objects with more keys than this find repeated keys through a map instead of a scan.
 const HASH_AT: usize = 16;
-const TIME_KEYS: [&str; 3] = ["timestamp", "time", "ts"];
 
 // --- JSON ----------------------------------------------------------------------------------------
 
@@ -37,12 +37,22 @@ enum J<'a> {
 
 type Obj<'a> = [(Cow<'a, str>, J<'a>)];
 
-/// A strict JSON parser over text already checked to be UTF-8. `None` = not sure it would give
-/// exactly what orjson.loads gives (or not valid JSON): the record goes to Python.
+/// A strict JSON parser. `None` = not sure it would give exactly what orjson.loads gives (or not
+/// valid JSON): the record goes to Python. Bytes outside strings must be ASCII (the grammar), strings
+/// are checked to be UTF-8 one by one, so the document as a whole is.
 struct Parser<'a> {
-    s: &'a str,
     b: &'a [u8],
     i: usize,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Non-zero when one of the 8 bytes ends a plain run of string bytes: '"', '\\' or a control char.
+#[inline(always)]
+fn special(x: u64) -> u64 {
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    zero(x ^ (ONES * b'"' as u64)) | zero(x ^ (ONES * b'\\' as u64)) | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS)
 }
 
 impl<'a> Parser<'a> {
@@ -80,7 +90,7 @@ impl<'a> Parser<'a> {
             return None;
         }
         self.i += 1;
-        let mut v: Vec<(Cow<'a, str>, J<'a>)> = Vec::new();
+        let mut v: Vec<(Cow<'a, str>, J<'a>)> = Vec::with_capacity(8);
         let mut index: Option<HashMap<String, usize>> = None;
         self.ws();
         if self.b.get(self.i) == Some(&b'}') {
@@ -117,7 +127,7 @@ impl<'a> Parser<'a> {
             return None;
         }
         self.i += 1;
-        let mut v = Vec::new();
+        let mut v = Vec::with_capacity(4);
         self.ws();
         if self.b.get(self.i) == Some(&b']') {
             self.i += 1;
@@ -137,17 +147,32 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// At the opening quote. Lone surrogates and raw control characters -> None (orjson rejects them).
+    /// At the opening quote. Lone surrogates, raw control characters and invalid UTF-8 -> None
+    /// (orjson rejects them).
     fn string(&mut self) -> Option<Cow<'a, str>> {
         let b = self.b;
         let start = self.i + 1;
         let mut i = start;
+        let mut high = 0u64;
         loop {
+            while i + 8 <= b.len() {
+                let x = u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+                if special(x) != 0 {
+                    break;
+                }
+                high |= x & HIGHS;
+                i += 8;
+            }
             let c = *b.get(i)?;
             if c == b'"' {
                 self.i = i + 1;
-                // only ASCII bytes delimit slices, so they are on char boundaries of valid UTF-8
-                return Some(Cow::Borrowed(&self.s[start..i]));
+                let raw = &b[start..i];
+                return Some(Cow::Borrowed(if high == 0 {
+                    // SAFETY: ASCII only
+                    unsafe { std::str::from_utf8_unchecked(raw) }
+                } else {
+                    std::str::from_utf8(raw).ok()?
+                }));
             }
             if c == b'\\' {
                 break;
@@ -155,28 +180,31 @@ impl<'a> Parser<'a> {
             if c < 0x20 {
                 return None;
             }
+            high |= (c & 0x80) as u64;
             i += 1;
         }
-        let mut out = String::with_capacity(i - start + 16);
-        out.push_str(&self.s[start..i]);
+        let mut out: Vec<u8> = Vec::with_capacity(i - start + 16);
+        out.extend_from_slice(&b[start..i]);
+        let mut ch = [0u8; 4];
         loop {
             match *b.get(i)? {
                 b'"' => {
                     self.i = i + 1;
-                    return Some(Cow::Owned(out));
+                    // escapes add valid UTF-8; the raw runs are checked here
+                    return String::from_utf8(out).ok().map(Cow::Owned);
                 }
                 b'\\' => {
                     let e = *b.get(i + 1)?;
                     i += 2;
                     match e {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
+                        b'"' => out.push(b'"'),
+                        b'\\' => out.push(b'\\'),
+                        b'/' => out.push(b'/'),
+                        b'b' => out.push(8),
+                        b'f' => out.push(12),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
                         b'u' => {
                             let hi = hex4(b, i)?;
                             i += 4;
@@ -195,7 +223,7 @@ impl<'a> Parser<'a> {
                             } else {
                                 hi
                             };
-                            out.push(char::from_u32(cp)?);
+                            out.extend_from_slice(char::from_u32(cp)?.encode_utf8(&mut ch).as_bytes());
                         }
                         _ => return None,
                     }
@@ -206,7 +234,7 @@ impl<'a> Parser<'a> {
                     while i < b.len() && b[i] != b'"' && b[i] != b'\\' && b[i] >= 0x20 {
                         i += 1;
                     }
-                    out.push_str(&self.s[s..i]);
+                    out.extend_from_slice(&b[s..i]);
                 }
             }
         }
@@ -263,7 +291,8 @@ impl<'a> Parser<'a> {
             is_float = true;
         }
         self.i = i;
-        let text = &self.s[start..i];
+        // SAFETY: digits, sign, '.', 'e': ASCII
+        let text = unsafe { std::str::from_utf8_unchecked(&b[start..i]) };
         if is_float {
             // Rust's parse is correctly rounded, as orjson's is: the same double
             let f: f64 = text.parse().ok()?;
@@ -315,29 +344,115 @@ fn get<'o, 'a>(o: &'o Obj<'a>, key: &str) -> Option<&'o J<'a>> {
     o.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
-fn to_py<'py>(py: Python<'py>, v: &J) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        J::Null => py.None().into_bound(py),
-        J::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
-        J::Int(i) => i.into_pyobject(py)?.into_any(),
-        J::UInt(u) => u.into_pyobject(py)?.into_any(),
-        J::Float(f) => PyFloat::new(py, *f).into_any(),
-        J::Str(s) => PyString::new(py, s).into_any(),
-        J::Arr(a) => {
-            let l = PyList::empty(py);
-            for x in a {
-                l.append(to_py(py, x)?)?;
+// --- Python objects ------------------------------------------------------------------------------
+
+fn check<'py>(py: Python<'py>, p: *mut ffi::PyObject) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `p` is a new reference or NULL with an exception set
+    unsafe { Bound::from_owned_ptr_or_err(py, p) }
+}
+
+/// A new str. ASCII text is copied straight into a 1-byte str: no UTF-8 decoding pass.
+fn new_str<'py>(py: Python<'py>, s: &str) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: PyUnicode_New(n, 127) is a compact ASCII str with room for n bytes
+    unsafe {
+        if s.is_ascii() {
+            let p = ffi::PyUnicode_New(s.len() as ffi::Py_ssize_t, 127);
+            if !p.is_null() {
+                std::ptr::copy_nonoverlapping(s.as_ptr(), ffi::PyUnicode_1BYTE_DATA(p), s.len());
             }
-            l.into_any()
+            check(py, p)
+        } else {
+            check(py, ffi::PyUnicode_FromStringAndSize(s.as_ptr().cast(), s.len() as ffi::Py_ssize_t))
         }
-        J::Obj(o) => {
-            let d = PyDict::new(py);
-            for (k, x) in o {
-                d.set_item(PyString::new(py, k), to_py(py, x)?)?;
+    }
+}
+
+/// A dict sized for `n` keys (as Python's own dict displays are): no resize while filling it.
+fn new_dict<'py>(py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyDict>> {
+    // SAFETY: a new dict or NULL with an exception set
+    Ok(unsafe { check(py, ffi::_PyDict_NewPresized(n as ffi::Py_ssize_t))?.cast_into_unchecked() })
+}
+
+#[inline]
+fn set(py: Python<'_>, d: &Bound<'_, PyDict>, k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+    // SAFETY: valid objects; PyDict_SetItem takes its own references
+    if unsafe { ffi::PyDict_SetItem(d.as_ptr(), k.as_ptr(), v.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(())
+}
+
+/// FxHash: the key cache's keys are short and not attacker-chosen in a way that matters (its size is capped).
+#[derive(Default)]
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        for &c in chunks.remainder() {
+            h = (h.rotate_left(5) ^ c as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        self.0 = h;
+    }
+}
+
+/// Dict keys repeat from record to record: one str object (hash computed once) per distinct short key
+/// and call, instead of a new str per dict.
+struct Keys<'py> {
+    map: HashMap<Box<str>, Bound<'py, PyAny>, BuildHasherDefault<Fx>>,
+}
+
+impl<'py> Keys<'py> {
+    fn get(&mut self, py: Python<'py>, k: &str) -> PyResult<Bound<'py, PyAny>> {
+        if k.len() > 64 {
+            return new_str(py, k);
+        }
+        if let Some(v) = self.map.get(k) {
+            return Ok(v.clone());
+        }
+        let v = new_str(py, k)?;
+        v.hash()?;
+        if self.map.len() < 4096 {
+            self.map.insert(k.into(), v.clone());
+        }
+        Ok(v)
+    }
+}
+
+fn to_py<'py>(py: Python<'py>, v: &J, keys: &mut Keys<'py>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: the ffi constructors return a new reference or NULL with an exception set (`check`);
+    // PyList_SET_ITEM steals the item's reference into a slot of a new list.
+    unsafe {
+        Ok(match v {
+            J::Null => py.None().into_bound(py),
+            J::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+            J::Int(i) => check(py, ffi::PyLong_FromLongLong(*i))?,
+            J::UInt(u) => check(py, ffi::PyLong_FromUnsignedLongLong(*u))?,
+            J::Float(f) => check(py, ffi::PyFloat_FromDouble(*f))?,
+            J::Str(s) => new_str(py, s)?,
+            J::Arr(a) => {
+                let l = check(py, ffi::PyList_New(a.len() as ffi::Py_ssize_t))?;
+                for (n, x) in a.iter().enumerate() {
+                    ffi::PyList_SET_ITEM(l.as_ptr(), n as ffi::Py_ssize_t, to_py(py, x, keys)?.into_ptr());
+                }
+                l
             }
-            d.into_any()
-        }
-    })
+            J::Obj(o) => {
+                let d = new_dict(py, o.len())?;
+                for (k, x) in o {
+                    set(py, &d, &keys.get(py, k)?, &to_py(py, x, keys)?)?;
+                }
+                d.into_any()
+            }
+        })
+    }
 }
 
 // --- Events --------------------------------------------------------------------------------------
@@ -350,16 +465,23 @@ enum Src {
     Gone, // popped
 }
 
+const EVENT_KEYS: [&str; 13] = [
+    "event_id", "event_time", "ingest_time", "app_id", "event_name", "platform", "device_id", "duration_ms",
+    "fields", "attrs", "traceparent", "src", "envelope",
+];
+
 struct Cfg<'py> {
     t_lo: i64,
     t_hi: i64,
-    text_fields: Vec<(String, Bound<'py, PyString>)>,
+    text_fields: Vec<(String, Bound<'py, PyAny>)>,
     max_chars: usize,
     max_items: usize,
     max_value: usize,
     now: i64,
     now_obj: Bound<'py, PyAny>,
     empty: Bound<'py, PyAny>,
+    none: Bound<'py, PyAny>,
+    ev_keys: Vec<Bound<'py, PyAny>>, // EVENT_KEYS as str objects, hashes computed
 }
 
 /// What the events of one record share.
@@ -382,6 +504,37 @@ struct Merged<'m, 'a, 'py> {
     meta_vals: &'m [Bound<'py, PyAny>],
     item: &'m Obj<'a>,
     m: Vec<(&'m str, Src)>,
+    /// position in `m` of each key _build pops (by `popped_key` code)
+    slots: [Option<usize>; POPPED_KEYS],
+}
+
+const POPPED_KEYS: usize = 11;
+const TIMESTAMP: usize = 1;
+const TIME: usize = 2;
+const TS: usize = 3;
+const APP_ID: usize = 4;
+const EVENT_NAME: usize = 5;
+const NAME: usize = 6;
+const TYPE: usize = 7;
+const PLATFORM: usize = 8;
+const DEVICE_ID: usize = 9;
+const DURATION_MS: usize = 10;
+
+/// The keys _build pops, by code (0: none of them). One match per key instead of a scan per pop.
+fn popped_key(k: &str) -> usize {
+    match k {
+        "timestamp" => TIMESTAMP,
+        "time" => TIME,
+        "ts" => TS,
+        "app_id" => APP_ID,
+        "event_name" => EVENT_NAME,
+        "name" => NAME,
+        "type" => TYPE,
+        "platform" => PLATFORM,
+        "device_id" => DEVICE_ID,
+        "duration_ms" => DURATION_MS,
+        _ => 0,
+    }
 }
 
 impl<'m, 'a, 'py> Merged<'m, 'a, 'py> {
@@ -393,73 +546,104 @@ impl<'m, 'a, 'py> Merged<'m, 'a, 'py> {
         }
     }
 
-    fn obj(&self, py: Python<'py>, s: Src) -> PyResult<Bound<'py, PyAny>> {
+    fn obj(&self, py: Python<'py>, s: Src, keys: &mut Keys<'py>) -> PyResult<Bound<'py, PyAny>> {
         match s {
             // meta values are converted once per record and shared, as meta.copy() shares them
             Src::Meta(j) => Ok(self.meta_vals[j].clone()),
-            _ => to_py(py, self.val(s)),
+            _ => to_py(py, self.val(s), keys),
         }
     }
 
     /// dict.pop(key, None): the value, or None when absent or null (Python cannot tell them apart).
-    fn pop(&mut self, key: &str) -> Option<Src> {
-        let e = self.m.iter_mut().find(|(k, s)| *s != Src::Gone && *k == key)?;
-        let s = e.1;
-        e.1 = Src::Gone;
+    fn pop(&mut self, code: usize) -> Option<Src> {
+        let pos = self.slots[code]?;
+        let s = self.m[pos].1;
+        self.m[pos].1 = Src::Gone;
         match self.val(s) {
             J::Null => None,
             _ => Some(s),
         }
     }
 
-    /// app_id/event_name/platform/device_id: a string, or "" for None. Numbers (Python formats them
-    /// with str()) and other types (a rejection) -> Err(()) = fallback.
-    fn scalar(&self, py: Python<'py>, s: Option<Src>, empty: &Bound<'py, PyAny>) -> Result<Bound<'py, PyAny>, ()> {
+    /// app_id/event_name/platform/device_id: Some(value) for a string or None (-> ""), None (fallback)
+    /// for numbers (Python formats them with str()) and other types (a rejection).
+    fn scalar(&self, s: Option<Src>) -> Option<Option<Src>> {
         match s {
-            None => Ok(empty.clone()),
+            None => Some(None),
             Some(s) => match self.val(s) {
-                J::Str(_) => self.obj(py, s).map_err(|_| ()),
-                _ => Err(()),
+                J::Str(_) => Some(Some(s)),
+                _ => None,
             },
+        }
+    }
+
+    fn scalar_obj(&self, py: Python<'py>, s: Option<Src>, cfg: &Cfg<'py>, keys: &mut Keys<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match s {
+            None => Ok(cfg.empty.clone()),
+            Some(s) => self.obj(py, s, keys),
         }
     }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// What the items of an upload share: meta's keys and values as Python objects (made once).
+struct Meta<'m, 'a, 'py> {
+    meta: &'m Obj<'a>,
+    keys: Vec<Bound<'py, PyAny>>,
+    vals: Vec<Bound<'py, PyAny>>,
+    index: Option<HashMap<&'m str, usize>>,
+}
+
 /// One event, or None (fallback) when Python would not build it exactly like this.
-#[allow(clippy::too_many_arguments)]
 fn build<'py>(
     py: Python<'py>,
     cfg: &Cfg<'py>,
     rec: &Rec<'py>,
-    meta: &Obj,
-    meta_keys: &[Bound<'py, PyString>],
-    meta_vals: &[Bound<'py, PyAny>],
-    meta_index: Option<&HashMap<&str, usize>>,
+    meta: &Meta<'_, '_, 'py>,
     item: &Obj,
     index: usize,
-    id_buf: &mut String,
-    id_pre: usize,
+    id_buf: &mut Vec<u8>,
+    keys: &mut Keys<'py>,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
-    let mut m: Vec<(&str, Src)> = Vec::with_capacity(meta.len() + item.len());
-    m.extend(meta.iter().enumerate().map(|(j, (k, _))| (k.as_ref(), Src::Meta(j))));
+    let mo = meta.meta;
+    let mut m: Vec<(&str, Src)> = Vec::with_capacity(mo.len() + item.len());
+    m.extend(mo.iter().enumerate().map(|(j, (k, _))| (k.as_ref(), Src::Meta(j))));
     for (j, (k, _)) in item.iter().enumerate() {
         let k = k.as_ref();
         // item keys are unique among themselves: only meta's can repeat them (merged.update(item))
-        let pos = match meta_index {
+        let pos = match &meta.index {
             Some(ix) => ix.get(k).copied(),
-            None => meta.iter().position(|(mk, _)| mk == k),
+            None => mo.iter().position(|(mk, _)| mk == k),
         };
         match pos {
             Some(p) => m[p].1 = Src::Item(j),
             None => m.push((k, Src::Item(j))),
         }
     }
-    let mut mg = Merged { meta, meta_vals, item, m };
+    let mut slots = [None; POPPED_KEYS];
+    // text_fields index -> position in m (text_fields has no repeats: Python checks before using us)
+    let mut tf_pos: [Option<usize>; 32] = [None; 32];
+    let mut tf_more: Vec<(usize, usize)> = Vec::new();
+    for (pos, (k, _)) in m.iter().enumerate() {
+        let c = popped_key(k);
+        if c != 0 {
+            slots[c] = Some(pos);
+        }
+        // a popped key may be a text field too ("type" stays when event_name is set)
+        if let Some(n) = cfg.text_fields.iter().position(|(tf, _)| tf.len() == k.len() && tf == k) {
+            if n < 32 {
+                tf_pos[n] = Some(pos);
+            } else {
+                tf_more.push((n, pos));
+            }
+        }
+    }
+    tf_more.sort_unstable();
+    let mut mg = Merged { meta: mo, meta_vals: &meta.vals, item, m, slots };
 
     let mut t = None;
-    for k in TIME_KEYS {
+    for k in [TIMESTAMP, TIME, TS] {
         t = mg.pop(k);
         if t.is_some() {
             break;
@@ -472,40 +656,42 @@ fn build<'py>(
             _ => return Ok(None), // other units, strings, out of bounds: Python's _event_time
         },
     };
-    let app_id = mg.pop("app_id");
-    let mut name = mg.pop("event_name");
+    let app_id = mg.pop(APP_ID);
+    let mut name = mg.pop(EVENT_NAME);
     if name.is_none() {
-        name = mg.pop("name");
+        name = mg.pop(NAME);
         if name.is_none() {
-            name = mg.pop("type");
+            name = mg.pop(TYPE);
         }
     }
-    let platform = mg.pop("platform");
-    let device_id = mg.pop("device_id");
-    let duration = match mg.pop("duration_ms").map(|s| mg.val(s)) {
+    let platform = mg.pop(PLATFORM);
+    let device_id = mg.pop(DEVICE_ID);
+    let duration = match mg.pop(DURATION_MS).map(|s| mg.val(s)) {
         None => None,
         Some(J::Int(x)) => Some(*x as f64), // float(int): round half to even, as `as` does
         Some(J::UInt(x)) => Some(*x as f64),
         Some(J::Float(f)) => Some(*f),
         Some(_) => return Ok(None),
     };
-    let (Ok(app_id), Ok(name), Ok(platform), Ok(device_id)) = (
-        mg.scalar(py, app_id, &cfg.empty),
-        mg.scalar(py, name, &cfg.empty),
-        mg.scalar(py, platform, &cfg.empty),
-        mg.scalar(py, device_id, &cfg.empty),
-    ) else {
+    let (Some(app_id), Some(name), Some(platform), Some(device_id)) =
+        (mg.scalar(app_id), mg.scalar(name), mg.scalar(platform), mg.scalar(device_id))
+    else {
         return Ok(None);
     };
 
-    let fields = PyDict::new(py);
-    for (tf, tf_obj) in &cfg.text_fields {
-        let Some(e) = mg.m.iter_mut().find(|(k, s)| *s != Src::Gone && k == tf) else {
-            continue;
-        };
+    // text fields, in text_fields order
+    let mut fields: [(usize, Src); 16] = [(0, Src::Gone); 16];
+    let mut n_fields = 0;
+    let mut fields_more: Vec<(usize, Src)> = Vec::new();
+    let found = tf_pos.iter().enumerate().filter_map(|(n, p)| p.map(|p| (n, p))).chain(tf_more.iter().copied());
+    for (n, pos) in found {
+        let e = &mut mg.m[pos];
         let s = e.1;
+        if s == Src::Gone {
+            continue;
+        }
         let v = match s {
-            Src::Meta(j) => &meta[j].1,
+            Src::Meta(j) => &mo[j].1,
             Src::Item(j) => &item[j].1,
             Src::Gone => unreachable!(),
         };
@@ -514,57 +700,98 @@ fn build<'py>(
                 return Ok(None);
             }
             e.1 = Src::Gone;
-            fields.set_item(tf_obj, mg.obj(py, s)?)?;
+            if n_fields < 16 {
+                fields[n_fields] = (n, s);
+                n_fields += 1;
+            } else {
+                fields_more.push((n, s));
+            }
         }
     }
+    let fd = new_dict(py, n_fields + fields_more.len())?;
+    for &(n, s) in fields[..n_fields].iter().chain(fields_more.iter()) {
+        set(py, &fd, &cfg.text_fields[n].1, &mg.obj(py, s, keys)?)?;
+    }
 
-    let attrs = PyDict::new(py);
+    let n_attrs = mg.m.iter().filter(|(_, s)| *s != Src::Gone).count();
+    let attrs = new_dict(py, n_attrs)?;
     for (pos, &(k, s)) in mg.m.iter().enumerate() {
         if s == Src::Gone {
             continue;
         }
         // keys keep meta's position (and key object) even when the item overrides the value
-        if pos < meta.len() {
-            attrs.set_item(&meta_keys[pos], mg.obj(py, s)?)?;
-        } else {
-            attrs.set_item(PyString::new(py, k), mg.obj(py, s)?)?;
-        }
+        let key = if pos < mo.len() { meta.keys[pos].clone() } else { keys.get(py, k)? };
+        set(py, &attrs, &key, &mg.obj(py, s, keys)?)?;
     }
 
     // blake2b(b"<topic>:<partition>:<offset>:<index>").digest()[:16].hex()
-    id_buf.truncate(id_pre);
-    let _ = write!(id_buf, "{index}");
-    let digest = Blake2b512::digest(id_buf.as_bytes());
+    let pre = id_buf.len();
+    push_int(id_buf, index as u64);
+    let digest = Blake2b512::digest(&id_buf[..]);
+    id_buf.truncate(pre);
     let mut hex = [0u8; 32];
     for (n, byte) in digest[..16].iter().enumerate() {
         hex[2 * n] = HEX[(byte >> 4) as usize];
         hex[2 * n + 1] = HEX[(byte & 15) as usize];
     }
-    let event_id = PyString::new(py, std::str::from_utf8(&hex).unwrap_or_default());
+    // SAFETY: hex digits are ASCII
+    let event_id = new_str(py, unsafe { std::str::from_utf8_unchecked(&hex) })?;
 
-    let duration = match duration {
-        Some(f) => PyFloat::new(py, f).into_any(),
-        None => py.None().into_bound(py),
+    // SAFETY: see to_py
+    let (duration, event_time, src) = unsafe {
+        let duration = match duration {
+            Some(f) => check(py, ffi::PyFloat_FromDouble(f))?,
+            None => cfg.none.clone(),
+        };
+        let event_time = check(py, ffi::PyLong_FromLongLong(event_time))?;
+        let src = check(py, ffi::PyList_New(4))?;
+        let idx = check(py, ffi::PyLong_FromSsize_t(index as ffi::Py_ssize_t))?;
+        for (n, o) in [rec.topic.clone(), rec.partition.clone(), rec.offset.clone(), idx].into_iter().enumerate() {
+            ffi::PyList_SET_ITEM(src.as_ptr(), n as ffi::Py_ssize_t, o.into_ptr());
+        }
+        (duration, event_time, src)
     };
-    let src = PyList::new(
-        py,
-        [rec.topic.clone(), rec.partition.clone(), rec.offset.clone(), index.into_pyobject(py)?.into_any()],
-    )?;
-    let ev = PyDict::new(py);
-    ev.set_item(intern!(py, "event_id"), event_id)?;
-    ev.set_item(intern!(py, "event_time"), event_time)?;
-    ev.set_item(intern!(py, "ingest_time"), &cfg.now_obj)?;
-    ev.set_item(intern!(py, "app_id"), app_id)?;
-    ev.set_item(intern!(py, "event_name"), name)?;
-    ev.set_item(intern!(py, "platform"), platform)?;
-    ev.set_item(intern!(py, "device_id"), device_id)?;
-    ev.set_item(intern!(py, "duration_ms"), duration)?;
-    ev.set_item(intern!(py, "fields"), fields)?;
-    ev.set_item(intern!(py, "attrs"), attrs)?;
-    ev.set_item(intern!(py, "traceparent"), &rec.tp)?;
-    ev.set_item(intern!(py, "src"), src)?;
-    ev.set_item(intern!(py, "envelope"), &rec.envelope)?;
+    let vals = [
+        event_id,
+        event_time,
+        cfg.now_obj.clone(),
+        mg.scalar_obj(py, app_id, cfg, keys)?,
+        mg.scalar_obj(py, name, cfg, keys)?,
+        mg.scalar_obj(py, platform, cfg, keys)?,
+        mg.scalar_obj(py, device_id, cfg, keys)?,
+        duration,
+        fd.into_any(),
+        attrs.into_any(),
+        rec.tp.clone(),
+        src,
+        rec.envelope.clone(),
+    ];
+    let ev = new_dict(py, 13)?;
+    for (k, v) in cfg.ev_keys.iter().zip(vals.iter()) {
+        set(py, &ev, k, v)?;
+    }
     Ok(Some(ev))
+}
+
+fn push_int(buf: &mut Vec<u8>, mut v: u64) {
+    let mut d = [0u8; 20];
+    let mut n = d.len();
+    loop {
+        n -= 1;
+        d[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&d[n..]);
+}
+
+fn push_i64(buf: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        buf.push(b'-');
+    }
+    push_int(buf, v.unsigned_abs());
 }
 
 fn exact_int(o: &Bound<PyAny>) -> Option<i64> {
@@ -648,7 +875,8 @@ fn record<'py>(
     topics: &Bound<'py, PyDict>,
     topic_info: &Bound<'py, PyAny>,
     out: &mut Vec<Bound<'py, PyAny>>,
-    id_buf: &mut String,
+    id_buf: &mut Vec<u8>,
+    keys: &mut Keys<'py>,
 ) -> PyResult<Option<bool>> {
     if !rec.get_type().is(record_type) {
         return Ok(None);
@@ -657,12 +885,9 @@ fn record<'py>(
     if t.len() != 7 {
         return Ok(None);
     }
-    let topic = t.get_item(0)?;
-    let partition = t.get_item(1)?;
-    let offset = t.get_item(2)?;
-    let ts = t.get_item(3)?;
-    let value = t.get_item(5)?;
-    let headers = t.get_item(6)?;
+    // SAFETY: a tuple of 7 items
+    let field = |n| unsafe { t.get_borrowed_item_unchecked(n).to_owned() };
+    let (topic, partition, offset, ts, value, headers) = (field(0), field(1), field(2), field(3), field(5), field(6));
 
     let Ok(value) = value.cast_exact::<PyBytes>() else { return Ok(None) };
     let value = value.as_bytes();
@@ -693,8 +918,7 @@ fn record<'py>(
     let env = env_obj.cast::<PyString>()?.to_str()?;
     let Ok(tp) = traceparent(py, &headers) else { return Ok(None) };
 
-    let Ok(text) = std::str::from_utf8(value) else { return Ok(None) };
-    let mut p = Parser { s: text, b: value, i: 0 };
+    let mut p = Parser { b: value, i: 0 };
     p.ws();
     if p.b.get(p.i) != Some(&b'{') {
         return Ok(None);
@@ -721,19 +945,24 @@ fn record<'py>(
     };
 
     id_buf.clear();
-    let _ = write!(id_buf, "{topic_str}:{part}:{off}:");
-    let id_pre = id_buf.len();
+    id_buf.extend_from_slice(topic_str.as_bytes());
+    id_buf.push(b':');
+    push_i64(id_buf, part);
+    id_buf.push(b':');
+    push_i64(id_buf, off);
+    id_buf.push(b':');
     let mut r = Rec {
         topic: topic.clone(),
         partition,
         offset,
-        tp: tp.unwrap_or_else(|| py.None().into_bound(py)),
+        tp: tp.unwrap_or_else(|| cfg.none.clone()),
         envelope: intern!(py, "json").clone().into_any(),
         default_time,
     };
     let start = out.len();
     if !upload {
-        return Ok(match build(py, cfg, &r, &[], &[], &[], None, &obj, 0, id_buf, id_pre)? {
+        let no_meta = Meta { meta: &[], keys: vec![], vals: vec![], index: None };
+        return Ok(match build(py, cfg, &r, &no_meta, &obj, 0, id_buf, keys)? {
             Some(ev) => {
                 out.push(ev.into_any());
                 Some(false)
@@ -762,13 +991,15 @@ fn record<'py>(
         }
     }
     r.envelope = intern!(py, "upload").clone().into_any();
-    let meta_keys: Vec<Bound<PyString>> = meta.iter().map(|(k, _)| PyString::new(py, k)).collect();
-    let meta_vals = meta.iter().map(|(_, v)| to_py(py, v)).collect::<PyResult<Vec<_>>>()?;
-    let meta_index: Option<HashMap<&str, usize>> =
-        (meta.len() > HASH_AT).then(|| meta.iter().enumerate().map(|(n, (k, _))| (k.as_ref(), n)).collect());
+    let m = Meta {
+        meta,
+        keys: meta.iter().map(|(k, _)| keys.get(py, k)).collect::<PyResult<_>>()?,
+        vals: meta.iter().map(|(_, v)| to_py(py, v, keys)).collect::<PyResult<_>>()?,
+        index: (meta.len() > HASH_AT).then(|| meta.iter().enumerate().map(|(n, (k, _))| (k.as_ref(), n)).collect()),
+    };
     for (i, item) in data.iter().enumerate() {
         let J::Obj(item) = item else { unreachable!() };
-        match build(py, cfg, &r, meta, &meta_keys, &meta_vals, meta_index.as_ref(), item, i, id_buf, id_pre)? {
+        match build(py, cfg, &r, &m, item, i, id_buf, keys)? {
             Some(ev) => out.push(ev.into_any()),
             None => {
                 out.truncate(start);
@@ -813,7 +1044,13 @@ fn unpack_records<'py>(
     let mut tfs = Vec::with_capacity(text_fields.len());
     for tf in text_fields.iter() {
         let s = tf.cast_into::<PyString>()?;
-        tfs.push((s.to_str()?.to_owned(), s));
+        tfs.push((s.to_str()?.to_owned(), s.into_any()));
+    }
+    let mut ev_keys = Vec::with_capacity(EVENT_KEYS.len());
+    for k in EVENT_KEYS {
+        let s = PyString::intern(py, k).into_any();
+        s.hash()?;
+        ev_keys.push(s);
     }
     let cfg = Cfg {
         t_lo,
@@ -825,14 +1062,17 @@ fn unpack_records<'py>(
         now,
         now_obj: now.into_pyobject(py)?.into_any(),
         empty: intern!(py, "").clone().into_any(),
+        none: py.None().into_bound(py),
+        ev_keys,
     };
+    let mut keys = Keys { map: HashMap::default() };
     let mut out: Vec<Bound<PyAny>> = Vec::with_capacity(recs.len() * 2);
     let mut fallbacks = Vec::new();
     let mut n_up = 0usize;
-    let mut id_buf = String::with_capacity(128);
+    let mut id_buf = Vec::with_capacity(128);
     for (ri, rec) in recs.iter().enumerate() {
         let start = out.len();
-        match record(py, &cfg, rec, record_type, topics, topic_info, &mut out, &mut id_buf) {
+        match record(py, &cfg, rec, record_type, topics, topic_info, &mut out, &mut id_buf, &mut keys) {
             Ok(Some(upload)) => n_up += upload as usize,
             // an error here (a Python call that raised) is Python's to report, on its own path
             Ok(None) | Err(_) => {
