@@ -327,7 +327,7 @@ fn insert<'a>(
     }
     let found = match index {
         Some(ix) => ix.get(k.as_ref()).copied(),
-        None => v.iter().position(|(x, _)| *x == k),
+        None => v.iter().position(|(x, _)| key_eq(x, &k)),
     };
     match found {
         Some(n) => v[n].1 = val,
@@ -340,8 +340,26 @@ fn insert<'a>(
     }
 }
 
+/// `a == b` for the short strings keys are, without a memcmp call for each.
+#[inline(always)]
+fn key_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= 8 {
+        let word = |s: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..s.len()].copy_from_slice(s);
+            u64::from_le_bytes(w)
+        };
+        return word(a) == word(b);
+    }
+    a[..8] == b[..8] && a == b
+}
+
 fn get<'o, 'a>(o: &'o Obj<'a>, key: &str) -> Option<&'o J<'a>> {
-    o.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    o.iter().find(|(k, _)| key_eq(k, key)).map(|(_, v)| v)
 }
 
 // --- Python objects ------------------------------------------------------------------------------
@@ -614,7 +632,7 @@ fn build<'py>(
         // item keys are unique among themselves: only meta's can repeat them (merged.update(item))
         let pos = match &meta.index {
             Some(ix) => ix.get(k).copied(),
-            None => mo.iter().position(|(mk, _)| mk == k),
+            None => mo.iter().position(|(mk, _)| key_eq(mk, k)),
         };
         match pos {
             Some(p) => m[p].1 = Src::Item(j),
@@ -631,7 +649,7 @@ fn build<'py>(
             slots[c] = Some(pos);
         }
         // a popped key may be a text field too ("type" stays when event_name is set)
-        if let Some(n) = cfg.text_fields.iter().position(|(tf, _)| tf.len() == k.len() && tf == k) {
+        if let Some(n) = cfg.text_fields.iter().position(|(tf, _)| key_eq(tf, k)) {
             if n < 32 {
                 tf_pos[n] = Some(pos);
             } else {
@@ -928,7 +946,7 @@ fn record<'py>(
     if p.i != value.len() {
         return Ok(None);
     }
-    let has = |k: &str| obj.iter().any(|(x, _)| x == k);
+    let has = |k: &str| obj.iter().any(|(x, _)| key_eq(x, k));
     let upload = match env {
         "auto" => {
             if has("data") && has("meta") {
