@@ -9,6 +9,8 @@ Events: KafkaRecords whose values are upload envelopes (1-4 items) or single JSO
     copies, as the Beam DoFn makes; `events_per_s_inplace`: annotating unpack's fresh dicts instead);
   - floor:  orjson.loads + one Hyperscan scan per event (smallest matching id) in a plain loop;
   - re:     the same kernel with the `re` engine, on a smaller sample.
+`"native"` in the result tells whether unpack ran its native fast path (perf_native, built by
+`./run.sh setup python`; `PERF_NATIVE=0` for the pure-Python path).
 Each timed part runs `--repeat` times, interleaved; the best run counts. Times are this process's CPU
 time by default (events/s per core, undisturbed by other processes on a shared machine).
 Prints ONE JSON object on stdout; progress goes to stderr.
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"{len(records)} records, {len(expected)} events, "
              f"{sum(len(r.value) for r in records) / len(records):.0f} B per record")
     unpacker = Unpacker(validate_unpack_config(None))
+    progress(f"unpack: {'native fast path (perf_native)' if unpacker.native else 'pure-Python path'}")
 
     # The collector as the pipeline process sets it (pipeline.run.tune_gc: start-up objects and these
     # long-lived inputs frozen, young generation every 50k allocations); the same for every measured loop.
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(expected)
     best_kernel, best_floor = min(kernel_s), min(floor_s)
     result: dict[str, Any] = {
+        "native": unpacker.native,
         "events_per_s": round(n / best_kernel),
         "floor_events_per_s": round(n / best_floor),
         "ratio": round(best_floor / best_kernel, 3),
