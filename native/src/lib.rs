@@ -500,6 +500,25 @@ struct Cfg<'py> {
     empty: Bound<'py, PyAny>,
     none: Bound<'py, PyAny>,
     ev_keys: Vec<Bound<'py, PyAny>>, // EVENT_KEYS as str objects, hashes computed
+    tf_mask: u64,                     // text_fields by tf_hash: most keys are ruled out by one bit
+}
+
+fn tf_hash(k: &str) -> u32 {
+    let b = k.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(&f), Some(&l)) => (b.len() as u32).wrapping_mul(7) ^ (f as u32).wrapping_mul(31) ^ l as u32,
+        _ => 0,
+    }
+}
+
+impl Cfg<'_> {
+    /// Index of `k` in text_fields, or usize::MAX.
+    fn text_index(&self, k: &str) -> usize {
+        if self.tf_mask & (1 << (tf_hash(k) & 63)) == 0 {
+            return usize::MAX;
+        }
+        self.text_fields.iter().position(|(tf, _)| key_eq(tf, k)).unwrap_or(usize::MAX)
+    }
 }
 
 /// What the events of one record share.
@@ -608,6 +627,8 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// What the items of an upload share: meta's keys and values as Python objects (made once).
 struct Meta<'m, 'a, 'py> {
     meta: &'m Obj<'a>,
+    /// (popped_key code, text_index) of each meta key
+    info: Vec<(usize, usize)>,
     keys: Vec<Bound<'py, PyAny>>,
     vals: Vec<Bound<'py, PyAny>>,
     index: Option<HashMap<&'m str, usize>>,
@@ -626,7 +647,9 @@ fn build<'py>(
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     let mo = meta.meta;
     let mut m: Vec<(&str, Src)> = Vec::with_capacity(mo.len() + item.len());
+    let mut info: Vec<(usize, usize)> = Vec::with_capacity(mo.len() + item.len());
     m.extend(mo.iter().enumerate().map(|(j, (k, _))| (k.as_ref(), Src::Meta(j))));
+    info.extend_from_slice(&meta.info);
     for (j, (k, _)) in item.iter().enumerate() {
         let k = k.as_ref();
         // item keys are unique among themselves: only meta's can repeat them (merged.update(item))
@@ -636,25 +659,25 @@ fn build<'py>(
         };
         match pos {
             Some(p) => m[p].1 = Src::Item(j),
-            None => m.push((k, Src::Item(j))),
+            None => {
+                m.push((k, Src::Item(j)));
+                info.push((popped_key(k), cfg.text_index(k)));
+            }
         }
     }
     let mut slots = [None; POPPED_KEYS];
     // text_fields index -> position in m (text_fields has no repeats: Python checks before using us)
-    let mut tf_pos: [Option<usize>; 32] = [None; 32];
+    let mut tf_pos = [u32::MAX; 32];
     let mut tf_more: Vec<(usize, usize)> = Vec::new();
-    for (pos, (k, _)) in m.iter().enumerate() {
-        let c = popped_key(k);
+    for (pos, &(c, n)) in info.iter().enumerate() {
         if c != 0 {
             slots[c] = Some(pos);
         }
         // a popped key may be a text field too ("type" stays when event_name is set)
-        if let Some(n) = cfg.text_fields.iter().position(|(tf, _)| key_eq(tf, k)) {
-            if n < 32 {
-                tf_pos[n] = Some(pos);
-            } else {
-                tf_more.push((n, pos));
-            }
+        if n < 32 {
+            tf_pos[n] = pos as u32;
+        } else if n != usize::MAX {
+            tf_more.push((n, pos));
         }
     }
     tf_more.sort_unstable();
@@ -701,7 +724,10 @@ fn build<'py>(
     let mut fields: [(usize, Src); 16] = [(0, Src::Gone); 16];
     let mut n_fields = 0;
     let mut fields_more: Vec<(usize, Src)> = Vec::new();
-    let found = tf_pos.iter().enumerate().filter_map(|(n, p)| p.map(|p| (n, p))).chain(tf_more.iter().copied());
+    let found = (0..cfg.text_fields.len().min(32))
+        .filter(|&n| tf_pos[n] != u32::MAX)
+        .map(|n| (n, tf_pos[n] as usize))
+        .chain(tf_more.iter().copied());
     for (n, pos) in found {
         let e = &mut mg.m[pos];
         let s = e.1;
@@ -979,7 +1005,7 @@ fn record<'py>(
     };
     let start = out.len();
     if !upload {
-        let no_meta = Meta { meta: &[], keys: vec![], vals: vec![], index: None };
+        let no_meta = Meta { meta: &[], info: vec![], keys: vec![], vals: vec![], index: None };
         return Ok(match build(py, cfg, &r, &no_meta, &obj, 0, id_buf, keys)? {
             Some(ev) => {
                 out.push(ev.into_any());
@@ -1011,6 +1037,7 @@ fn record<'py>(
     r.envelope = intern!(py, "upload").clone().into_any();
     let m = Meta {
         meta,
+        info: meta.iter().map(|(k, _)| (popped_key(k), cfg.text_index(k))).collect(),
         keys: meta.iter().map(|(k, _)| keys.get(py, k)).collect::<PyResult<_>>()?,
         vals: meta.iter().map(|(_, v)| to_py(py, v, keys)).collect::<PyResult<_>>()?,
         index: (meta.len() > HASH_AT).then(|| meta.iter().enumerate().map(|(n, (k, _))| (k.as_ref(), n)).collect()),
@@ -1070,6 +1097,7 @@ fn unpack_records<'py>(
         s.hash()?;
         ev_keys.push(s);
     }
+    let tf_mask = tfs.iter().fold(0, |m, (tf, _)| m | 1 << (tf_hash(tf) & 63));
     let cfg = Cfg {
         t_lo,
         t_hi,
@@ -1082,6 +1110,7 @@ fn unpack_records<'py>(
         empty: intern!(py, "").clone().into_any(),
         none: py.None().into_bound(py),
         ev_keys,
+        tf_mask,
     };
     let mut keys = Keys { map: HashMap::default() };
     let mut out: Vec<Bound<PyAny>> = Vec::with_capacity(recs.len() * 2);
