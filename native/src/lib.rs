@@ -92,6 +92,7 @@ impl<'a> Parser<'a> {
         self.i += 1;
         let mut v: Vec<(Cow<'a, str>, J<'a>)> = Vec::with_capacity(8);
         let mut index: Option<HashMap<String, usize>> = None;
+        let mut tags = [0u64; HASH_AT];
         self.ws();
         if self.b.get(self.i) == Some(&b'}') {
             self.i += 1;
@@ -109,7 +110,7 @@ impl<'a> Parser<'a> {
             }
             self.i += 1;
             let val = self.value(depth)?;
-            insert(&mut v, &mut index, k, val);
+            insert(&mut v, &mut index, &mut tags, k, val);
             self.ws();
             match self.b.get(self.i) {
                 Some(b',') => self.i += 1,
@@ -316,28 +317,45 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
 }
 
 /// Python dict semantics for a repeated key: it keeps its first position and takes the last value.
+/// Small objects compare `key_tag`s (one word per key) before the keys themselves.
 fn insert<'a>(
     v: &mut Vec<(Cow<'a, str>, J<'a>)>,
     index: &mut Option<HashMap<String, usize>>,
+    tags: &mut [u64; HASH_AT],
     k: Cow<'a, str>,
     val: J<'a>,
 ) {
-    if index.is_none() && v.len() >= HASH_AT {
-        *index = Some(v.iter().enumerate().map(|(n, (k, _))| (k.to_string(), n)).collect());
-    }
-    let found = match index {
-        Some(ix) => ix.get(k.as_ref()).copied(),
-        None => v.iter().position(|(x, _)| key_eq(x, &k)),
-    };
-    match found {
-        Some(n) => v[n].1 = val,
-        None => {
-            if let Some(ix) = index {
-                ix.insert(k.to_string(), v.len());
+    let n = v.len();
+    if index.is_none() && n < HASH_AT {
+        let tag = key_tag(&k);
+        match (0..n).find(|&j| tags[j] == tag && key_eq(&v[j].0, &k)) {
+            Some(j) => v[j].1 = val,
+            None => {
+                tags[n] = tag;
+                v.push((k, val));
             }
+        }
+        return;
+    }
+    let ix = index.get_or_insert_with(|| v.iter().enumerate().map(|(j, (k, _))| (k.to_string(), j)).collect());
+    match ix.get(k.as_ref()) {
+        Some(&j) => v[j].1 = val,
+        None => {
+            ix.insert(k.to_string(), n);
             v.push((k, val));
         }
     }
+}
+
+/// Length and first 7 bytes of a key: equal keys have equal tags.
+#[inline(always)]
+fn key_tag(k: &str) -> u64 {
+    let b = k.as_bytes();
+    let mut w = [0u8; 8];
+    let n = b.len().min(7);
+    w[..n].copy_from_slice(&b[..n]);
+    w[7] = b.len().min(255) as u8;
+    u64::from_le_bytes(w)
 }
 
 /// `a == b` for the short strings keys are, without a memcmp call for each.
