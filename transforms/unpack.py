@@ -29,6 +29,13 @@ Event time (ms): first present of `timestamp`, `time`, `ts` (logs envelope: `mti
   "2020-12-17 13:52:39"); no zone means UTC. Absent: the Kafka record timestamp (or ingest time
   when the record has none). Only a time taken from the payload is checked against the skew
   bounds: the broker's timestamp is trusted, so a replay of an old backlog is not rejected.
+
+Native fast path (perf_native, native/ in Rust, built into the venv by `./run.sh setup python`): when it
+is installed, not disabled with PERF_NATIVE=0 and the config has no `validation.types`/`required`,
+unpack_batch hands the whole batch to it. It builds the events of the common records (one JSON object,
+upload or json envelope, integer-ms times inside the skew bounds, nothing to reject) exactly as the code
+below would, and leaves every other record to that code at its place in the batch: the dead letters,
+reasons and counters all come from this module (tests/test_unpack_native.py compares both paths).
 """
 
 from __future__ import annotations
