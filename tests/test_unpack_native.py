@@ -26,6 +26,12 @@ CONFIGS = {
     "per_topic": {"envelopes": [{"topic": "j", "envelope": "json"}, {"topic": "u", "envelope": "upload"},
                                 {"topic": "l", "envelope": "logs"}, {"topic": "g", "envelope": "jsonl"}],
                   "validation": {"max_past_skew_s": None, "max_future_skew_s": None}},
+    # config/default.yaml's validation, and every type name: the native code hands failing records back
+    "validated": {"validation": {"required": ["app_id"],
+                                 "types": {"duration_ms": "number", "device_id": "string"}}},
+    "all_types": {"validation": {"required": ["platform", "duration_ms", "event_name"],
+                                 "types": {"x": "integer", "y": "boolean", "z": "object", "w": "array",
+                                           "message": "string", "v": "number"}}},
 }
 
 
@@ -36,10 +42,22 @@ def test_native_module_is_installed():
 
 
 def test_native_off_when_the_config_needs_python():
-    for section in ({"validation": {"required": ["app_id"]}}, {"validation": {"types": {"x": "integer"}}},
+    # required keys outside the event's own keys (attrs, time keys) are Python's alone
+    for section in ({"validation": {"required": ["x"]}}, {"validation": {"required": ["timestamp"]}},
                     {"text_fields": ["message", "message"]}):
         assert not Unpacker(validate_unpack_config(section), native=True).native
     assert not Unpacker(validate_unpack_config(None), native=False).native
+    for name in ("validated", "all_types"):
+        assert Unpacker(validate_unpack_config(CONFIGS[name]), native=True).native
+
+
+def test_default_config_runs_native():
+    import yaml
+
+    from tests.conftest import ROOT
+
+    raw = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    assert Unpacker(validate_unpack_config(raw["unpack"]), native=True).native
 
 
 def _dump(obj) -> bytes:
@@ -238,3 +256,33 @@ def test_record_shapes_identical():
     run_both(batch)
     run_both(batch, feed=tuple)
     run_both(batch, feed=iter)
+
+
+def test_validation_failures_are_handed_back_and_rejected_by_python():
+    # Each record below fails `validated`/`all_types` in one way; natively built they would pass unchecked.
+    def up(meta, *items):
+        return orjson.dumps({"meta": meta, "data": list(items)})
+
+    ok = {"app_id": "a", "platform": "p", "duration_ms": 1, "event_name": "e", "message": "m"}
+    values = [
+        up({"device_id": 5}, {**ok, "device_id": "d"}),  # meta typed value wrong, item overrides it
+        up({}, {**ok, "device_id": 7}),  # item typed value wrong (and a number: not a str)
+        up({"app_id": ""}, {k: v for k, v in ok.items() if k != "app_id"}),  # required, empty
+        up({}, {k: v for k, v in ok.items() if k != "duration_ms"}),  # required duration_ms missing
+        up({}, {**ok, "x": 1.5}, {**ok, "x": 2}),  # integer check: a float fails, an int passes
+        up({"y": 1}, ok),  # boolean
+        orjson.dumps({**ok, "z": [1], "w": {}}),  # object / array swapped (json envelope)
+        orjson.dumps({**ok, "v": True}),  # bool is not a number
+        orjson.dumps({**ok, "message": 3}),  # a typed text field
+        up({}, ok, {**ok, "app_id": None}),  # second item: required app_id null
+        up({}, ok),  # passes everything
+    ]
+    for name in ("validated", "all_types"):
+        batch = [rec(v, offset=i) for i, v in enumerate(values)]
+        events, dls = run_both(batch, CONFIGS[name])
+        assert dls, name  # the failures became dead letters (from the Python code)
+        assert all(d["code"] == "VALIDATION_ERROR" for d in dls), name
+    # the last record passes both configs and is built natively
+    u = Unpacker(validate_unpack_config(CONFIGS["all_types"]), native=True)
+    events, dls = u.unpack_batch([rec(values[-1])])
+    assert len(events) == 1 and not dls

@@ -31,9 +31,10 @@ Event time (ms): first present of `timestamp`, `time`, `ts` (logs envelope: `mti
   bounds: the broker's timestamp is trusted, so a replay of an old backlog is not rejected.
 
 Native fast path (perf_native, native/ in Rust, built into the venv by `./run.sh setup python`): when it
-is installed, not disabled with PERF_NATIVE=0 and the config has no `validation.types`/`required`,
+is installed, not disabled with PERF_NATIVE=0 and `validation.required` names only event keys,
 unpack_batch hands the whole batch to it. It builds the events of the common records (one JSON object,
-upload or json envelope, integer-ms times inside the skew bounds, nothing to reject) exactly as the code
+upload or json envelope, integer-ms times inside the skew bounds, nothing to reject: it checks
+`validation.types` and `required` only to hand a record that fails them back) exactly as the code
 below would, and leaves every other record to that code at its place in the batch: the dead letters,
 reasons and counters all come from this module (tests/test_unpack_native.py compares both paths).
 """
@@ -350,9 +351,10 @@ class Unpacker:
     """
 
     def __init__(self, cfg: UnpackConfig | None = None, native: bool | None = None) -> None:
-        """`native`: use the native fast path (None: when `native_available()`). It is used only when the
-        config has no `validation.types`/`required` (the native code does not implement them) and no
-        repeated text field; records it is not sure about still go through the Python code below."""
+        """`native`: use the native fast path (None: when `native_available()`). It is used when every
+        `validation.required` key is an event key (app_id, event_name, platform, device_id, duration_ms)
+        and no text field repeats; records it is not sure about, or that validation would reject, still go
+        through the Python code below."""
         self.cfg = cfg = cfg or UnpackConfig()
         v = cfg.validation
         self.stats: defaultdict[str, int] = defaultdict(int)
@@ -375,11 +377,12 @@ class Unpacker:
         if native is None:
             native = native_available()
         self._native = (perf_native.unpack_records
-                        if native and perf_native is not None and not v.types and not v.required
+                        if native and perf_native is not None and self._required_top
                         and len(set(cfg.text_fields)) == len(cfg.text_fields) else None)
-        # limits as the native code takes them (machine integers)
+        # limits as the native code takes them (machine integers), then the validation it checks
         self._native_limits = tuple(min(x, 1 << 62)
                                     for x in (self._max_chars, self._max_items, self._max_value))
+        self._native_checks = (list(v.types), list(v.required))
 
     @property
     def native(self) -> bool:
@@ -433,7 +436,7 @@ class Unpacker:
         try:
             events, fallbacks, n_up = self._native(
                 records, KafkaRecord, self._topics, self._topic_info, now, self._t_lo, self._t_hi,
-                self._text_fields, *self._native_limits)
+                self._text_fields, *self._native_limits, *self._native_checks)
         except Exception:  # noqa: BLE001 - a bug there must not lose records: the Python path takes the batch
             _log.exception("unpack: native fast path failed; this batch goes through the Python code")
             events, fallbacks, n_up = [], [(i, 0, 0) for i in range(len(records))], 0

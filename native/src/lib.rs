@@ -519,6 +519,37 @@ struct Cfg<'py> {
     none: Bound<'py, PyAny>,
     ev_keys: Vec<Bound<'py, PyAny>>, // EVENT_KEYS as str objects, hashes computed
     tf_mask: u64,                     // text_fields by tf_hash: most keys are ruled out by one bit
+    types: Vec<(String, u8)>,         // validation.types: (key, TY_* mask of the accepted JSON types)
+    required: u16,                    // validation.required: 1 << popped_key code of each (event keys only)
+}
+
+// validation.types as masks of JSON value kinds (Python's exact-type checks on parsed JSON)
+const TY_STR: u8 = 1;
+const TY_INT: u8 = 2;
+const TY_FLOAT: u8 = 4;
+const TY_BOOL: u8 = 8;
+const TY_OBJ: u8 = 16;
+const TY_ARR: u8 = 32;
+
+fn ty(v: &J) -> u8 {
+    match v {
+        J::Null => 0,
+        J::Bool(_) => TY_BOOL,
+        J::Int(_) | J::UInt(_) => TY_INT,
+        J::Float(_) => TY_FLOAT,
+        J::Str(_) => TY_STR,
+        J::Arr(_) => TY_ARR,
+        J::Obj(_) => TY_OBJ,
+    }
+}
+
+/// Python's type check of `own` (an item, the upload's meta, or a json object): every typed key that is
+/// present and not null has an accepted type. false: Python rejects it (the record goes to Python).
+fn types_ok(cfg: &Cfg, own: &Obj) -> bool {
+    cfg.types.iter().all(|(k, mask)| match get(own, k) {
+        None | Some(J::Null) => true,
+        Some(v) => ty(v) & mask != 0,
+    })
 }
 
 fn tf_hash(k: &str) -> u32 {
@@ -663,6 +694,9 @@ fn build<'py>(
     id_buf: &mut Vec<u8>,
     keys: &mut Keys<'py>,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
+    if !cfg.types.is_empty() && !types_ok(cfg, item) {
+        return Ok(None);
+    }
     let mo = meta.meta;
     let mut m: Vec<(&str, Src)> = Vec::with_capacity(mo.len() + item.len());
     let mut info: Vec<(usize, usize)> = Vec::with_capacity(mo.len() + item.len());
@@ -737,6 +771,21 @@ fn build<'py>(
     else {
         return Ok(None);
     };
+    if cfg.required != 0 {
+        // Python: ev[k] is None or ev[k] == "" -> rejected ("required but missing")
+        let empty = |s: Option<Src>| match s {
+            None => true,
+            Some(s) => matches!(mg.val(s), J::Str(t) if t.is_empty()),
+        };
+        let missing = (cfg.required & (1 << APP_ID) != 0 && empty(app_id))
+            || (cfg.required & (1 << EVENT_NAME) != 0 && empty(name))
+            || (cfg.required & (1 << PLATFORM) != 0 && empty(platform))
+            || (cfg.required & (1 << DEVICE_ID) != 0 && empty(device_id))
+            || (cfg.required & (1 << DURATION_MS) != 0 && duration.is_none());
+        if missing {
+            return Ok(None);
+        }
+    }
 
     // text fields, in text_fields order
     let mut fields: [(usize, Src); 16] = [(0, Src::Gone); 16];
@@ -1052,6 +1101,9 @@ fn record<'py>(
             }
         }
     }
+    if !types_ok(cfg, meta) {
+        return Ok(None); // a bad meta: one dead letter for the record, from Python
+    }
     r.envelope = intern!(py, "upload").clone().into_any();
     let m = Meta {
         meta,
@@ -1074,7 +1126,7 @@ fn record<'py>(
 }
 
 /// unpack_records(records, record_type, topics, topic_info, now, t_lo, t_hi, text_fields, max_chars,
-/// max_items, max_value) -> (events, fallbacks, n_uploads)
+/// max_items, max_value, types=[(key, type name)], required=[event key]) -> (events, fallbacks, n_uploads)
 ///
 /// `events`: the events of the records handled here, in record order. `fallbacks`: (record index,
 /// position in `events` where that record's output belongs, uploads handled here before it) for
@@ -1082,7 +1134,7 @@ fn record<'py>(
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (records, record_type, topics, topic_info, now, t_lo, t_hi, text_fields, max_chars,
-                    max_items, max_value))]
+                    max_items, max_value, types=Vec::new(), required=Vec::new()))]
 fn unpack_records<'py>(
     py: Python<'py>,
     records: &Bound<'py, PyAny>,
@@ -1096,7 +1148,31 @@ fn unpack_records<'py>(
     max_chars: usize,
     max_items: usize,
     max_value: usize,
+    types: Vec<(String, String)>,
+    required: Vec<String>,
 ) -> PyResult<(Bound<'py, PyList>, Vec<(usize, usize, usize)>, usize)> {
+    let mut ty_masks = Vec::with_capacity(types.len());
+    for (k, tname) in types {
+        let mask = match tname.as_str() {
+            "string" => TY_STR,
+            "integer" => TY_INT,
+            "number" => TY_INT | TY_FLOAT,
+            "boolean" => TY_BOOL,
+            "object" => TY_OBJ,
+            "array" => TY_ARR,
+            _ => return Err(PyTypeError::new_err(format!("types: unknown type {tname:?}"))),
+        };
+        ty_masks.push((k, mask));
+    }
+    let mut req = 0u16;
+    for k in &required {
+        match popped_key(k) {
+            c @ (APP_ID | EVENT_NAME | PLATFORM | DEVICE_ID | DURATION_MS) if k != "name" && k != "type" => {
+                req |= 1 << c
+            }
+            _ => return Err(PyTypeError::new_err(format!("required: {k:?} is not an event key"))),
+        }
+    }
     let recs: Vec<Bound<PyAny>> = if let Ok(l) = records.cast::<PyList>() {
         l.iter().collect()
     } else if let Ok(t) = records.cast::<PyTuple>() {
@@ -1129,6 +1205,8 @@ fn unpack_records<'py>(
         none: py.None().into_bound(py),
         ev_keys,
         tf_mask,
+        types: ty_masks,
+        required: req,
     };
     let mut keys = Keys { map: HashMap::default() };
     let mut out: Vec<Bound<PyAny>> = Vec::with_capacity(recs.len() * 2);
