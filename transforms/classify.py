@@ -278,7 +278,8 @@ class Classifier:
         """Fast path: classify many events with the per-call work hoisted out of the loop.
 
         Returns copies like `classify`; `inplace=True` annotates and returns the given dicts instead
-        (for a caller that owns them, e.g. right after unpacking; never on a Beam input element).
+        (for a caller that owns them: right after unpacking, or ClassifyFn on the lists Unpack emits,
+        whose only consumer it is; never on elements other transforms also read).
         Same decisions as `classify_fields`; specialised for the common case (hyperscan engine, ASCII
         text) and using the general path for the rest.
         """

@@ -29,16 +29,19 @@ class ClassifyFn(beam.DoFn):
 
     def process(self, element):
         if type(element) is list:  # a list in, ONE list out (dead letters one by one)
-            out = self._classify(element)
+            # In place: the list and its dicts are Unpack's fresh output and this DoFn is their only
+            # consumer in the pipeline's graph, so nobody else sees the added keys; a copy per event was
+            # ~0.25 µs of the kernel.
+            out = self._classify(element, inplace=True)
             events = [ev for ev in out if type(ev) is dict]
             dls = [ev for ev in out if type(ev) is not dict] if len(events) < len(out) else []
             return ([events] if events else []) + dls
         return self._classify((element,))
 
-    def _classify(self, batch):
+    def _classify(self, batch, inplace: bool = False):
         clf = self._clf
         try:
-            out = clf.classify_batch(batch)
+            out = clf.classify_batch(batch, inplace=inplace)
         except Exception:  # noqa: BLE001 - find the bad event(s); the others go on
             out = []
             for ev in batch:

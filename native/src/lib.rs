@@ -9,7 +9,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use blake2::{Blake2b512, Digest};
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::intern;
@@ -838,7 +837,8 @@ fn build<'py>(
     // blake2b(b"<topic>:<partition>:<offset>:<index>").digest()[:16].hex()
     let pre = id_buf.len();
     push_int(id_buf, index as u64);
-    let digest = Blake2b512::digest(&id_buf[..]);
+    let hash = blake2b_simd::blake2b(&id_buf[..]);
+    let digest = hash.as_bytes();
     id_buf.truncate(pre);
     let mut hex = [0u8; 32];
     for (n, byte) in digest[..16].iter().enumerate() {
