@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from transforms.common import ConfigError
+from transforms.kafka_config import is_denied
 
 DEFAULT_CONFIG = "config/default.yaml"
 TIMEOUT_S = 10.0
@@ -49,8 +50,6 @@ class Denied(Exception):
 
 
 # librdkafka error names that mean "no access"; retrying with the same settings cannot help.
-_DENIED_CODES = {"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED",
-                 "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"}
 
 
 class CommandError(Exception):
@@ -88,7 +87,7 @@ def _quiet_logger() -> logging.Logger:
 
 def _on_error(err: Any) -> None:
     # A refused login only reaches error_cb (the request itself times out): raise it from the next poll.
-    if err.name() in _DENIED_CODES:
+    if is_denied(err):
         raise Denied(f"Kafka refused the login: {err.str()}")
 
 
@@ -97,7 +96,7 @@ def _raise_denied(consumer: Any, bootstrap: str) -> None:
     look at its queue, where librdkafka puts GROUP_AUTHORIZATION_FAILED instead of failing the request."""
     msg = consumer.poll(0.1)
     err = msg.error() if msg is not None else None
-    if err is not None and err.name() in _DENIED_CODES:
+    if err is not None and is_denied(err):
         raise Denied(f"Kafka at {bootstrap} denied access: {err.name()}: {err.str()}")
 
 
@@ -271,7 +270,7 @@ def select_topics(meta: dict[str, Any], topics: list[str] | None, pattern: str |
             except KafkaException:
                 continue  # no better answer than "not found"
             err = tmd.error if tmd is not None else None
-            if err is not None and err.name() in _DENIED_CODES:
+            if err is not None and is_denied(err):
                 raise Denied(f"not authorized to describe topic {t}: {err.name()}: {err.str()}")
         if missing:
             raise CommandError(f"topic(s) not found: {', '.join(missing)}")

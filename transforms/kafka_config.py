@@ -100,3 +100,25 @@ def redacted(cfg: dict[str, Any]) -> dict[str, Any]:
         secret = any(h in k.lower() for h in _SECRET_HINTS)
         out[k] = "***" if secret and not (isinstance(v, str) and _REF.match(v)) else v
     return out
+
+
+# librdkafka error names that mean "not allowed": a refused login or a missing ACL. Reads, writes and the
+# operator commands stop on them with one clear line instead of retrying.
+AUTH_CODES = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED"})
+DENIED_CODES = AUTH_CODES | {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED",
+                             "CLUSTER_AUTHORIZATION_FAILED"}
+# An _AUTHENTICATION error whose handshake never got an answer is a dropped connection, not a refused
+# login (seen in CI: "SASL PLAIN mechanism handshake failed: Local: Broker transport failure: broker's
+# supported mechanisms: (n/a)" while a fresh broker's TLS listener settled); librdkafka reconnects.
+_TRANSPORT_MARKERS = ("Broker transport failure", "supported mechanisms: (n/a)", "Connection refused",
+                      "Disconnected")
+
+
+def transport_failure(text: str) -> bool:
+    return any(m in text for m in _TRANSPORT_MARKERS)
+
+
+def is_denied(err: Any) -> bool:
+    """A KafkaError that means "not allowed" (no ACL, refused login), not a failure to retry."""
+    name = err.name()
+    return name in DENIED_CODES and not (name in AUTH_CODES and transport_failure(err.str()))

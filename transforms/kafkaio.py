@@ -46,11 +46,15 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.common import ConfigError, KafkaRecord
 from transforms.kafka_config import (
+    AUTH_CODES,
     CONSUMER_DEFAULTS,
+    DENIED_CODES,
     PRODUCER_DEFAULTS,
+    is_denied,
     merged,
     redacted,
     resolve_secrets,
+    transport_failure,
     validate_client_config,
 )
 
@@ -174,7 +178,7 @@ def auth_error_cb(cfg: dict[str, Any], error_cls: type[Exception]):
     where = f"{cfg.get('bootstrap.servers', '?')}{_who(cfg)}"
 
     def on_error(err) -> None:
-        if err.name() in _AUTH_CODES:
+        if err.name() in _AUTH_CODES and not transport_failure(err.str()):
             raise error_cls(f"Kafka at {where} refused the login: {err.name()}: {err.str()}")
         log.warning("kafka: %s", err.str())  # what librdkafka logs by itself without an error_cb
 
@@ -192,7 +196,7 @@ def _raise_denied(consumer, cfg: dict[str, Any]) -> None:
     raises from there) and look at its queue, where librdkafka puts GROUP_AUTHORIZATION_FAILED."""
     msg = consumer.poll(0.1)
     err = msg.error() if msg is not None else None
-    if err is not None and err.name() in _FATAL_CODES:
+    if err is not None and is_denied(err):
         group = cfg.get("group.id")
         subject = f"consumer group {group!r} (kafka.consumer group.id)" if "GROUP" in err.name() else "Kafka"
         raise KafkaAuthError(f"not authorized to use {subject}{_who(cfg)}: {err.name()}: {err.str()}")
@@ -225,7 +229,7 @@ def list_partitions(cfg: ReadConfig, consumer=None, timeout: float = 10.0) -> li
             err = tmd.error if tmd is not None else None
             if tmd is None or (err is not None and err.name() in _UNKNOWN_CODES):
                 raise KafkaReadError(f"topic {name!r} does not exist (source.topics)")
-            if err is not None and err.name() in _FATAL_CODES:
+            if err is not None and is_denied(err):
                 raise KafkaAuthError(
                     f"not authorized to read topic {name!r}{_who(client_cfg)}: {err.name()}: {err.str()}"
                 )
@@ -414,12 +418,8 @@ _last_busy: dict[tuple[str, int], float] = {}
 # Errors no retry fixes: the principal lacks an ACL (message errors of a consume, topic metadata, the
 # consumer queue after a group request) or the login was refused (error_cb, see auth_error_cb). A read
 # that meets one fails with KafkaAuthError naming the topic or group, bounded and unbounded alike.
-_AUTH_CODES = {"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED"}
-_FATAL_CODES = {
-    "TOPIC_AUTHORIZATION_FAILED",
-    "GROUP_AUTHORIZATION_FAILED",
-    "CLUSTER_AUTHORIZATION_FAILED",
-} | _AUTH_CODES
+_AUTH_CODES = AUTH_CODES
+_FATAL_CODES = DENIED_CODES
 _UNKNOWN_CODES = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"}
 # A new topic can look unknown for a moment while metadata propagates; longer than this, it is gone.
 UNKNOWN_TOPIC_GRACE_S = 30.0
@@ -501,7 +501,7 @@ class _ReadPartitionFn(beam.DoFn):
     def _handle_error(self, err, topic: str, partition: int) -> None:
         self._errors.inc()
         name = err.name()
-        if name in _FATAL_CODES:
+        if is_denied(err):
             raise KafkaAuthError(
                 f"not authorized to read topic {topic!r} partition {partition}{_who(self._client_cfg)}: "
                 f"{name}: {err.str()}"
