@@ -242,6 +242,14 @@ def list_partitions(cfg: ReadConfig, consumer=None, timeout: float = 10.0) -> li
     return out
 
 
+# Transient answers librdkafka does not always flag retriable(): a restarting or just-started broker (its
+# group coordinator loads __consumer_offsets first: NOT_COORDINATOR was seen in CI on a fresh broker).
+_TRANSIENT_CODES = frozenset({
+    "_TRANSPORT", "_TIMED_OUT", "_WAIT_COORD", "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE",
+    "NOT_COORDINATOR", "COORDINATOR_NOT_AVAILABLE", "COORDINATOR_LOAD_IN_PROGRESS", "REQUEST_TIMED_OUT",
+})
+
+
 def _retrying(call, what: str, budget_s: float = 120.0, consumer=None, cfg: dict[str, Any] | None = None):
     """`call()` again while the broker answers with a retriable error (leader election, restart).
     With an (unassigned) `consumer`, an authorization failure behind a timeout is raised at once."""
@@ -256,11 +264,7 @@ def _retrying(call, what: str, budget_s: float = 120.0, consumer=None, cfg: dict
             err = e.args[0]
             if consumer is not None:
                 _raise_denied(consumer, cfg or {})
-            if not err.retriable() and err.name() not in (
-                "_TRANSPORT",
-                "_TIMED_OUT",
-                "NOT_LEADER_FOR_PARTITION",
-            ):
+            if not err.retriable() and err.name() not in _TRANSIENT_CODES:
                 raise
             if time.monotonic() > deadline:
                 raise KafkaReadError(f"{what}: {err.str()} (retried for {budget_s:.0f} s)") from e

@@ -403,20 +403,26 @@ class Unpacker:
         self._t_hi = _MS_HI - 1 if fut is None else min(_MS_HI - 1, now + fut)
         if self._native is not None:
             return self._unpack_native(records, now)
-        record = self._record
+        record = self._record_safe
         n = 0
         for rec in records:
             n += 1
-            n_ev = len(events)
-            n_dl = len(dls)
-            try:
-                record(rec, now, events, dls)
-            except Exception as exc:  # noqa: BLE001 - the contract is: never raise, keep the bytes
-                del events[n_ev:]
-                del dls[n_dl:]
-                dls.append(self._internal_dl(rec, exc))
+            record(rec, now, events, dls)
+        return self._counted(n, events, dls)
+
+    def _record_safe(self, rec: Any, now: int, events: list, dls: list) -> None:
+        n_ev = len(events)
+        n_dl = len(dls)
+        try:
+            self._record(rec, now, events, dls)
+        except Exception as exc:  # noqa: BLE001 - the contract is: never raise, keep the bytes
+            del events[n_ev:]
+            del dls[n_dl:]
+            dls.append(self._internal_dl(rec, exc))
+
+    def _counted(self, n_records: int, events: list, dls: list) -> tuple[list[dict], list[dict]]:
         stats = self.stats
-        stats["records_in"] += n
+        stats["records_in"] += n_records
         if events:
             stats["events_out"] += len(events)
         if dls:
@@ -443,7 +449,7 @@ class Unpacker:
         if fallbacks:
             native_events = events
             events = []
-            record = self._record
+            record = self._record_safe
             done = up_done = 0
             for i, pos, up_before in fallbacks:
                 if pos > done:
@@ -452,27 +458,12 @@ class Unpacker:
                 if up_before > up_done:  # counted where the Python path counts them: record by record
                     stats["uploads.200"] += up_before - up_done
                     up_done = up_before
-                rec = records[i]
-                n_ev = len(events)
-                n_dl = len(dls)
-                try:
-                    record(rec, now, events, dls)
-                except Exception as exc:  # noqa: BLE001 - as in unpack_batch
-                    del events[n_ev:]
-                    del dls[n_dl:]
-                    dls.append(self._internal_dl(rec, exc))
+                record(records[i], now, events, dls)
             events += native_events[done:]
             n_up -= up_done
         if n_up:
             stats["uploads.200"] += n_up
-        stats["records_in"] += len(records)
-        if events:
-            stats["events_out"] += len(events)
-        if dls:
-            stats["dead_letters"] += len(dls)
-            for d in dls:
-                stats["dlq." + d["code"]] += 1
-        return events, dls
+        return self._counted(len(records), events, dls)
 
     # Per record ---------------------------------------------------------------------------------
 
