@@ -26,7 +26,6 @@ acknowledged, so the runner retries it: at least once.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import sys
 import threading
@@ -45,16 +44,15 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.common import ConfigError, KafkaRecord
+from transforms.event_time import MAX_EVENT_MS, parse_event_time
 from transforms.kafka_config import (
     AUTH_CODES,
     CONSUMER_DEFAULTS,
-    DENIED_CODES,
     PRODUCER_DEFAULTS,
     is_denied,
     merged,
     redacted,
     resolve_secrets,
-    transport_failure,
     validate_client_config,
 )
 
@@ -78,7 +76,6 @@ def reset_stop() -> None:
 
 
 _OPEN_END = sys.maxsize  # the stop offset of an unbounded restriction
-_MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: a header time beyond it is garbage
 
 
 class KafkaReadError(RuntimeError):
@@ -178,7 +175,7 @@ def auth_error_cb(cfg: dict[str, Any], error_cls: type[Exception]):
     where = f"{cfg.get('bootstrap.servers', '?')}{_who(cfg)}"
 
     def on_error(err) -> None:
-        if err.name() in _AUTH_CODES and not transport_failure(err.str()):
+        if err.name() in AUTH_CODES and is_denied(err):
             raise error_cls(f"Kafka at {where} refused the login: {err.name()}: {err.str()}")
         log.warning("kafka: %s", err.str())  # what librdkafka logs by itself without an error_cb
 
@@ -419,11 +416,9 @@ class _CachedConsumer:
 _last_busy: dict[tuple[str, int], float] = {}
 
 
-# Errors no retry fixes: the principal lacks an ACL (message errors of a consume, topic metadata, the
-# consumer queue after a group request) or the login was refused (error_cb, see auth_error_cb). A read
-# that meets one fails with KafkaAuthError naming the topic or group, bounded and unbounded alike.
-_AUTH_CODES = AUTH_CODES
-_FATAL_CODES = DENIED_CODES
+# Errors no retry fixes (kafka_config.is_denied): the principal lacks an ACL (message errors of a consume,
+# topic metadata, the consumer queue after a group request) or the login was refused (error_cb, see
+# auth_error_cb). A read that meets one fails with KafkaAuthError naming the topic or group.
 _UNKNOWN_CODES = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"}
 # A new topic can look unknown for a moment while metadata propagates; longer than this, it is gone.
 UNKNOWN_TOPIC_GRACE_S = 30.0
@@ -659,8 +654,8 @@ class _ReadPartitionFn(beam.DoFn):
 
 
 def _header_time(headers: tuple, name: str, default: int) -> int:
-    """Event time (ms) from the last header `name`: a decimal number (ms, or s/µs/ns by magnitude, as
-    unpack reads payload times); the Kafka timestamp when the header is missing or not a time."""
+    """Event time (ms) from the last header `name`, read as unpack reads payload times (ms, or s/µs/ns by
+    magnitude, or ISO-8601); the Kafka timestamp when the header is missing or not a time."""
     raw = None
     for hk, hv in headers:
         if hk == name:
@@ -668,14 +663,10 @@ def _header_time(headers: tuple, name: str, default: int) -> int:
     if raw is None:
         return default
     try:
-        v = float(raw)  # bytes of ASCII digits
-    except (TypeError, ValueError):
+        ms = parse_event_time(raw.decode("ascii") if isinstance(raw, bytes) else raw)
+    except (UnicodeDecodeError, ValueError, OverflowError):
         return default
-    if not math.isfinite(v) or v <= 0:
-        return default
-    a = abs(v)
-    ms = int(v * 1000) if a < 1e11 else int(v) if a < 1e14 else int(v // 1000) if a < 1e17 else int(v // 1e6)
-    return ms if ms <= _MAX_TIME_MS else default
+    return ms if ms is not None and 0 < ms <= MAX_EVENT_MS else default
 
 
 def _noop() -> None:

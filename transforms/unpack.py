@@ -48,7 +48,6 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any
 
@@ -69,6 +68,8 @@ from transforms.common import (
     dead_letter,
     now_ms,
 )
+from transforms.event_time import MAX_EVENT_MS as _MAX_EVENT_MS
+from transforms.event_time import parse_event_time
 
 try:  # the native fast path (native/, built by ./run.sh setup python); Beam workers may lack the wheel
     import perf_native
@@ -101,7 +102,6 @@ LOGS_TIME_KEYS = ("mtime",) + TIME_KEYS
 _TOP_KEYS = frozenset(("app_id", "event_name", "platform", "device_id", "duration_ms"))
 _TIME_KEY_SET = frozenset(LOGS_TIME_KEYS + ("event_time",))
 _MS_LO, _MS_HI = 100_000_000_000, 100_000_000_000_000  # integers in this range are milliseconds
-_MAX_EVENT_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: anything later is garbage, not a time
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _REASON_VALUE_CHARS = 80  # how much of an offending value a reason quotes
 
@@ -269,49 +269,6 @@ def native_available() -> bool:
     """True when the native fast path is installed and not disabled with PERF_NATIVE=0. An Unpacker uses
     it only when its config allows (`Unpacker.native`)."""
     return perf_native is not None and os.environ.get("PERF_NATIVE", "1") != "0"
-
-
-# --- Event time ----------------------------------------------------------------------------------
-
-
-def _num_to_ms(v: float) -> int:
-    a = abs(v)
-    if a < 1e11:
-        return int(v * 1000)
-    if a < 1e14:
-        return int(v)
-    if a < 1e17:
-        return int(v // 1000)
-    return int(v // 1_000_000)
-
-
-def parse_event_time(v: Any) -> int | None:
-    """A payload time value -> ms since epoch, or None when it is not a time (see module doc)."""
-    t = type(v)
-    if t is int or t is float:
-        return _num_to_ms(v) if (t is int or math.isfinite(v)) else None
-    if t is not str:
-        return None
-    s = v.strip()
-    if not s:
-        return None
-    try:
-        return _num_to_ms(int(s))
-    except ValueError:
-        pass
-    try:
-        f = float(s)
-    except ValueError:
-        f = None
-    if f is not None:
-        return _num_to_ms(f) if math.isfinite(f) else None
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(round(dt.timestamp() * 1000))
 
 
 # --- Unpacker ------------------------------------------------------------------------------------
