@@ -199,11 +199,10 @@ class WindowStatsFn(beam.CombineFn):
 
 
 class _KeyByCategoryApp(beam.DoFn):
-    """event -> ((category, app_id), (device_id, value)), re-timestamped at event_time.
-
-    A list of events -> one ((category, app_id), partial accumulator) per window and key present in the
-    list, timestamped inside that window: the aggregation then sees a few elements per list instead of
-    one per event (the same numbers: accumulators merge exactly, see WindowStatsFn).
+    """A list of events (or one event) -> one ((category, app_id), partial accumulator) per window and
+    key present in it, timestamped inside that window (the key's latest event_time): the aggregation then
+    sees a few elements per list instead of one per event (the same numbers: accumulators merge exactly,
+    see WindowStatsFn).
     """
 
     def __init__(self, cfg: WindowConfig) -> None:
@@ -216,37 +215,12 @@ class _KeyByCategoryApp(beam.DoFn):
     def setup(self) -> None:
         self._stats = WindowStatsFn(self._k)
 
-    def _keyed(self, ev: dict, source_ms: int):
-        """(event time ms, key, (device, value)) or None when beyond the allowed lateness."""
-        et = ev.get("event_time")
-        if type(et) is not int:
-            et = source_ms  # not an unpacked event: keep its element time
-        f = self._field
-        v = ev[f] if f in ev else (ev.get("attrs") or {}).get(f)
-        if type(v) is not float and type(v) is not int:
-            v = None  # bools, strings and absent values are not measurements
-        # Past its window's end + allowed lateness by source time: dropped here (see module doc).
-        if source_ms > et - et % self._size_ms + self._size_ms + self._lateness_ms:
-            return None
-        cat = ev.get("category") or ""
-        app = ev.get("app_id") or ""
-        dev = ev.get("device_id") or ""
-        # The key coder is str-only (deterministic, for state) and devices go into a set.
-        if type(cat) is not str or type(app) is not str or type(dev) is not str:
-            cat, app, dev = str(cat), str(app), str(dev)
-        return et, (cat, app), (dev, v)
-
     def process(self, ev, timestamp=beam.DoFn.TimestampParam):
         source_ms = timestamp.micros // 1000
         if type(ev) is not list:
-            keyed = self._keyed(ev, source_ms)
-            if keyed is None:
-                self._beyond.inc()
-                return []
-            et, key, value = keyed
-            return [window.TimestampedValue((key, value), et / 1000.0)]
-        # List: group by (window start, key), then one accumulator per group. The per-event part of
-        # _keyed is inlined: this loop runs once per event of the pipeline.
+            ev = [ev]  # one event: a one-event partial accumulator, the same numbers
+        # Group by (window start, key), then one accumulator per group. The loop runs once per event of
+        # the pipeline: no call per event in it.
         size = self._size_ms
         limit_ms = source_ms - size - self._lateness_ms  # windows starting at or before this are expired
         f = self._field
@@ -255,17 +229,19 @@ class _KeyByCategoryApp(beam.DoFn):
         for e in ev:
             et = e.get("event_time")
             if type(et) is not int:
-                et = source_ms
+                et = source_ms  # not an unpacked event: keep its element time
             start = et - et % size
+            # Past its window's end + allowed lateness by source time: dropped here (see module doc).
             if start < limit_ms:
                 beyond += 1
                 continue
             v = e[f] if f in e else (e.get("attrs") or {}).get(f)
             if type(v) is not float and type(v) is not int:
-                v = None
+                v = None  # bools, strings and absent values are not measurements
             cat = e.get("category") or ""
             app = e.get("app_id") or ""
             dev = e.get("device_id") or ""
+            # The key coder is str-only (deterministic, for state) and devices go into a set.
             if type(cat) is not str or type(app) is not str or type(dev) is not str:
                 cat, app, dev = str(cat), str(app), str(dev)
             gk = (start, cat, app)
