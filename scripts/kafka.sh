@@ -127,35 +127,8 @@ kafka_up() {
   fi
   write_props
   format_storage
-  rotate_log "$KAFKA_LOG"
-  local t0=$SECONDS
-  # setsid + no inherited stdio: the broker outlives this script and never holds a caller's pipe open.
-  # shellcheck disable=SC2086
-  setsid java ${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-    -Dorg.slf4j.simpleLogger.showDateTime=true \
-    -Dorg.slf4j.simpleLogger.dateTimeFormat='yyyy-MM-dd HH:mm:ss.SSS' \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=info \
-    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients=warn \
-    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.common.config=warn \
-    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" </dev/null >"$KAFKA_LOG" 2>&1 9>&- &
-  echo $! >"$KAFKA_PID"
-  local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! pid_alive "$KAFKA_PID" "$MARKER"; then
-      tail_log "$KAFKA_LOG"
-      rm -f "$KAFKA_PID"
-      die "kafka: broker exited during start-up (log: $KAFKA_LOG)"
-    fi
-    # Our own log must say started: a different server answering on the port is not our broker.
-    if grep -q 'Kafka Server started' "$KAFKA_LOG" && port_open 127.0.0.1 "$KAFKA_PORT" && broker_answers; then
-      say "kafka: up on $BOOTSTRAP (pid $(cat "$KAFKA_PID"), ready in $((SECONDS - t0)) s, data $KAFKA_DATA_DIR)"
-      return 0
-    fi
-    sleep 0.5
-  done
-  tail_log "$KAFKA_LOG"
-  die "kafka: broker did not answer on $BOOTSTRAP within ${KAFKA_START_TIMEOUT}s (log: $KAFKA_LOG)"
+  start_kafka_jvm kafka "$KAFKA_LIBS" "$KAFKA_PROPS" "$KAFKA_LOG" "$KAFKA_PID" "$MARKER" "$KAFKA_PORT" \
+    "$KAFKA_START_TIMEOUT" "${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}" broker_answers "$BOOTSTRAP, data $KAFKA_DATA_DIR"
 }
 
 kafka_down() {

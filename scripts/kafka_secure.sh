@@ -143,34 +143,12 @@ secure_up() {
   for p in "$PORT" "$SSL_PORT" "$CONTROLLER_PORT"; do
     port_open 127.0.0.1 "$p" && die "kafka-secure: port $p is taken by another process (ss -ltnp); set KAFKA_SECURE_PORT"
   done
-  local t0=$SECONDS
   make_secrets
   write_props
   format_storage
-  rotate_log "$LOG"
-  # shellcheck disable=SC2086
-  setsid java ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError \
-    -Djava.awt.headless=true -Dorg.slf4j.simpleLogger.showDateTime=true \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=info \
-    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients=warn \
-    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.common.config=warn \
-    -cp "$LIBS/*" kafka.Kafka "$PROPS" </dev/null >"$LOG" 2>&1 9>&- &
-  echo $! >"$PIDFILE"
-  local deadline=$((SECONDS + START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! pid_alive "$PIDFILE" "$MARKER"; then
-      tail_log "$LOG"
-      rm -f "$PIDFILE"
-      die "kafka-secure: broker exited during start-up (log: $LOG)"
-    fi
-    if grep -q 'Kafka Server started' "$LOG" && port_open 127.0.0.1 "$PORT" && broker_answers; then
-      say "kafka-secure: up on SASL_PLAINTEXT 127.0.0.1:$PORT, SASL_SSL 127.0.0.1:$SSL_PORT (pid $(cat "$PIDFILE"), ready in $((SECONDS - t0)) s)"
-      return 0
-    fi
-    sleep 0.5
-  done
-  tail_log "$LOG"
-  die "kafka-secure: broker did not answer on 127.0.0.1:$PORT within ${START_TIMEOUT}s (log: $LOG)"
+  start_kafka_jvm kafka-secure "$LIBS" "$PROPS" "$LOG" "$PIDFILE" "$MARKER" "$PORT" "$START_TIMEOUT" \
+    "${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}" broker_answers \
+    "SASL_PLAINTEXT 127.0.0.1:$PORT, SASL_SSL 127.0.0.1:$SSL_PORT"
 }
 
 secure_down() {

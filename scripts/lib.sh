@@ -120,3 +120,38 @@ apt_ensure() {
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# Start a Kafka broker JVM (kafka.Kafka PROPS) detached and wait until it is ready: its own log says started
+# (a different server answering on the port is not our broker), PORT listens and the function ANSWERS
+# succeeds. Args: NAME LIBS PROPS LOG PIDFILE MARKER PORT TIMEOUT_S HEAP_OPTS ANSWERS READY_TEXT.
+# setsid + no inherited stdio: the broker outlives the script and never holds a caller's pipe open.
+start_kafka_jvm() {
+  local name=$1 libs=$2 props=$3 log=$4 pidfile=$5 marker=$6 port=$7 timeout=$8 heap=$9 answers=${10} ready=${11}
+  local t0=$SECONDS
+  rotate_log "$log"
+  # shellcheck disable=SC2086
+  setsid java $heap -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.showDateTime=true \
+    -Dorg.slf4j.simpleLogger.dateTimeFormat='yyyy-MM-dd HH:mm:ss.SSS' \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=info \
+    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients=warn \
+    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.common.config=warn \
+    -cp "$libs/*" kafka.Kafka "$props" </dev/null >"$log" 2>&1 9>&- &
+  echo $! >"$pidfile"
+  local deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    if ! pid_alive "$pidfile" "$marker"; then
+      tail_log "$log"
+      rm -f "$pidfile"
+      die "$name: broker exited during start-up (log: $log)"
+    fi
+    if grep -q 'Kafka Server started' "$log" && port_open 127.0.0.1 "$port" && "$answers"; then
+      say "$name: up on $ready (pid $(cat "$pidfile"), ready in $((SECONDS - t0)) s)"
+      return 0
+    fi
+    sleep 0.5
+  done
+  tail_log "$log"
+  die "$name: broker did not answer on 127.0.0.1:$port within ${timeout}s (log: $log)"
+}
