@@ -257,20 +257,13 @@ impl<'a> Parser<'a> {
                     return None;
                 }
             }
-            Some(b'1'..=b'9') => {
-                while matches!(b.get(i), Some(b'0'..=b'9')) {
-                    i += 1;
-                }
-            }
+            Some(b'1'..=b'9') => i = digits_end(b, i),
             _ => return None,
         }
         let mut is_float = false;
         if b.get(i) == Some(&b'.') {
-            i += 1;
-            let d = i;
-            while matches!(b.get(i), Some(b'0'..=b'9')) {
-                i += 1;
-            }
+            let d = i + 1;
+            i = digits_end(b, d);
             if i == d {
                 return None;
             }
@@ -282,9 +275,7 @@ impl<'a> Parser<'a> {
                 i += 1;
             }
             let d = i;
-            while matches!(b.get(i), Some(b'0'..=b'9')) {
-                i += 1;
-            }
+            i = digits_end(b, d);
             if i == d {
                 return None;
             }
@@ -304,6 +295,14 @@ impl<'a> Parser<'a> {
             Some(if u <= i64::MAX as u64 { J::Int(u as i64) } else { J::UInt(u) })
         }
     }
+}
+
+/// The index after the run of ASCII digits that starts at `i`.
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b'0'..=b'9')) {
+        i += 1;
+    }
+    i
 }
 
 fn hex4(b: &[u8], i: usize) -> Option<u32> {
