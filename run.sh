@@ -7,7 +7,7 @@ source scripts/lib.sh
 
 BEAM_VERSION=2.77.0
 PRISM_BIN="$CACHE_DIR/bin/prism"
-DEBIAN_PACKAGES=(openjdk-17-jre-headless maven curl ca-certificates chromium)
+DEBIAN_PACKAGES=(openjdk-17-jre-headless maven curl ca-certificates chromium libhyperscan-dev)
 
 usage() {
   cat <<'EOF'
@@ -75,7 +75,8 @@ setup_native() {
   say "native: building perf_native with $(cargo -V | cut -d' ' -f1-2) (first build ~30 s: crates download + compile)"
   local t0=$SECONDS
   rm -rf "$wheels" && mkdir -p "$wheels"
-  "$PY" -m maturin build --release --locked -m native/Cargo.toml -i "$PY" -o "$wheels" ||
+  # --auditwheel skip: the wheel links Debian's libhs.so.5 (libhyperscan-dev, a setup package), not bundled
+  "$PY" -m maturin build --release --locked --auditwheel skip -m native/Cargo.toml -i "$PY" -o "$wheels" ||
     die "native: maturin build failed (see above)"
   "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheels"/perf_native-*.whl ||
     die "native: installing the wheel failed"

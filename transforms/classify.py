@@ -18,6 +18,7 @@ from transforms.classify_rules import (
     validate_classify_config,
 )
 from transforms.common import ConfigError
+from transforms.native import native_available, perf_native
 
 try:  # the wheel is a hard requirement, but a worker without it must still classify (on `re`)
     import hyperscan
@@ -69,7 +70,10 @@ class Classifier:
     surrogates) are decided by `re` alone.
     """
 
-    def __init__(self, cfg: ClassifyConfig | list[Rule], engine: str | None = None) -> None:
+    def __init__(self, cfg: ClassifyConfig | list[Rule], engine: str | None = None,
+                 native: bool | None = None) -> None:
+        """`native`: run classify_batch's loop in perf_native when the hyperscan engine runs (None: when
+        `native_available()`); it decides like the Python loop and hands every other event back to it."""
         if isinstance(cfg, list):
             cfg = ClassifyConfig(rules=cfg)
         self.config = cfg
@@ -114,6 +118,11 @@ class Classifier:
         # (no prefilter to confirm, none on `re`) and allowed in every field.
         self._plain = (self._db is not None and not self._restricted and not re_ranks
                        and not any(self._confirm))
+        self._native = None
+        if native is None:
+            native = native_available()
+        if native and self._db is not None and hasattr(perf_native, "HsClassifier"):
+            self._native = self._native_classifier()
 
     # --- setup -----------------------------------------------------------------------------
     def _compile_hyperscan(self) -> tuple[list[int], list[int]]:
@@ -163,6 +172,7 @@ class Classifier:
                 ids, db = [], None
                 prefilter.clear()
         self._db = db
+        self._db_patterns = (exprs, ids, flags)
         on_hs = set(ids)
         ascii_only &= on_hs
         self.ascii_only = {self.rules[k].id for k in ascii_only}
@@ -172,6 +182,23 @@ class Classifier:
             log.info("classify: %d of %d rules run on re: %s", len(self.fallback), len(self.rules),
                      self.fallback)
         return [k for k in range(len(self.rules)) if k not in on_hs], sorted(ascii_only)
+
+    def _native_classifier(self):
+        """perf_native's HsClassifier on the same database patterns, regexes and tables; None (logged)
+        when its Hyperscan library does not compile them."""
+        exprs, ids, flags = self._db_patterns
+        n = self._none
+        try:
+            return perf_native.HsClassifier(
+                exprs, ids, flags,
+                [self._compiled[k].search if self._confirm[k] else None for k in range(n)],
+                [(k, rx.search, sorted(a) if a is not None else None) for k, rx, a in self._re_items_ascii],
+                [sorted(a) if a is not None else None for a in self._allowed],
+                [(r.category, r.id) for r in self.rules],
+                self._default)
+        except ValueError as exc:
+            log.warning("classify: native fast path off (%s); the Python loop classifies", exc)
+            return None
 
     def _allow_table(self, field: str) -> bytes:
         table = self._allow_tables.get(field)
@@ -281,8 +308,18 @@ class Classifier:
         (for a caller that owns them: right after unpacking, or ClassifyFn on the lists Unpack emits,
         whose only consumer it is; never on elements other transforms also read).
         Same decisions as `classify_fields`; specialised for the common case (hyperscan engine, ASCII
-        text) and using the general path for the rest.
+        text) and using the general path for the rest. With perf_native, its loop decides the events
+        whose text fields are all ASCII `str` and hands the others back to this one.
         """
+        if self._native is not None:
+            events = events if events.__class__ is list else list(events)
+            out, back = self._native.classify(events, inplace)
+            for i in back:
+                out[i] = self._classify_batch_py((events[i],), inplace)[0]
+            return out
+        return self._classify_batch_py(events, inplace)
+
+    def _classify_batch_py(self, events, inplace: bool) -> list[dict[str, Any]]:
         if self._db is None:
             return [self._classify_general(ev, inplace) for ev in events]
         if self._plain:

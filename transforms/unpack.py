@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -70,11 +69,7 @@ from transforms.common import (
 )
 from transforms.event_time import MAX_EVENT_MS as _MAX_EVENT_MS
 from transforms.event_time import parse_event_time
-
-try:  # the native fast path (native/, built by ./run.sh setup python); Beam workers may lack the wheel
-    import perf_native
-except ImportError:  # pragma: no cover - depends on the install
-    perf_native = None
+from transforms.native import native_available, perf_native
 
 __all__ = [
     "ENVELOPES",
@@ -263,12 +258,6 @@ def validate_unpack_config(section: dict | None) -> UnpackConfig:
         text_fields=text_fields,
         validation=_validate_validation(section.get("validation"), f"{where}.validation"),
     )
-
-
-def native_available() -> bool:
-    """True when the native fast path is installed and not disabled with PERF_NATIVE=0. An Unpacker uses
-    it only when its config allows (`Unpacker.native`)."""
-    return perf_native is not None and os.environ.get("PERF_NATIVE", "1") != "0"
 
 
 # --- Unpacker ------------------------------------------------------------------------------------

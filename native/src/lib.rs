@@ -1,9 +1,11 @@
-//! Native fast path of transforms/unpack.py.
+//! Native fast paths of transforms/unpack.py (this file) and of the classifier's Hyperscan loop (hs.rs).
 //!
 //! The common records (one JSON object, `upload` or `json` envelope, nothing to reject) go straight
 //! from bytes to the same event dicts the Python code builds. Everything else is handed back as a
 //! "fallback" and the Python code makes its events, dead letters and counters: this module never
 //! decides a rejection, so the Python code stays the one definition of the contract.
+
+mod hs;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -1229,5 +1231,6 @@ fn unpack_records<'py>(
 #[pymodule]
 fn perf_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unpack_records, m)?)?;
+    hs::register(m)?;
     Ok(())
 }
