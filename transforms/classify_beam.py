@@ -9,6 +9,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.classify import METRICS_NAMESPACE, Classifier
 from transforms.classify_rules import ClassifyConfig
+from transforms.coders import Batch
 from transforms.common import DLQ_TAG, INTERNAL_ERROR, dead_letter
 
 
@@ -98,6 +99,6 @@ class Classify(beam.PTransform):
         self._cfg = cfg
 
     def expand(self, events):
-        return events | "ClassifyEvents" >> beam.ParDo(ClassifyFn(self._cfg)).with_outputs(
-            DLQ_TAG, main="events")
+        return events | "ClassifyEvents" >> beam.ParDo(ClassifyFn(self._cfg)).with_output_types(
+            Batch).with_outputs(DLQ_TAG, main="events")
 

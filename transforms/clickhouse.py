@@ -39,6 +39,7 @@ from transforms.clickhouse_client import (
 from transforms.clickhouse_config import ClickHouseConfig, RetryConfig, validate_clickhouse_config
 from transforms.clickhouse_rows import DEAD_LETTERS, EVENTS, TABLES, TableLayout, batch_token, row_as_json
 from transforms.clickhouse_schema import ensure_schema, table_stats
+from transforms.coders import Batch
 from transforms.common import DLQ_TAG, SINK_REJECTED, dead_letter
 
 __all__ = [
@@ -331,7 +332,7 @@ class WriteToClickHouse(beam.PTransform):
         chunk_rows, chunks_per_batch = chunking(cfg.batch_rows) if state else (cfg.batch_rows, 1)
         rows = pcoll | "ToRows" >> beam.ParDo(
             _ToRowChunks(layout, cfg.shards, chunk_rows, cfg.max_buffer_s)
-        ).with_output_types(tuple[int, list]).with_outputs(DLQ_TAG, main="rows")
+        ).with_output_types(tuple[int, Batch]).with_outputs(DLQ_TAG, main="rows")
         batches = rows.rows
         if state:
             # GroupIntoBatches (not a stateful DoFn of ours): runners implement it natively (Prism, Dataflow);

@@ -43,6 +43,7 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from transforms.coders import Batch
 from transforms.common import ConfigError, KafkaRecord
 from transforms.event_time import MAX_EVENT_MS, parse_event_time
 from transforms.kafka_config import (
@@ -837,7 +838,7 @@ class ReadFromKafka(beam.PTransform):
                 | "NewPartitions" >> beam.ParDo(_NewPartitionsFn(cfg))
             )
             read_fn = _ReadUnboundedPartitionFn(cfg)
-        return specs | "ReadPartitions" >> beam.ParDo(read_fn)
+        return specs | "ReadPartitions" >> beam.ParDo(read_fn).with_output_types(Batch)
 
 
 # --- Write -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
+from transforms.coders import Batch
 from transforms.common import dead_letter_to_kafka
 from transforms.kafkaio import KafkaMessage
 from transforms.tracing import child_traceparent
@@ -58,7 +59,7 @@ class EventsToCategoryTopics(beam.PTransform):
         self._template = template
 
     def expand(self, events):
-        return events | beam.ParDo(_EventsToMessagesFn(self._template))
+        return events | beam.ParDo(_EventsToMessagesFn(self._template)).with_output_types(Batch)
 
 
 def _dead_letter_message(dl: dict[str, Any], topic: str) -> KafkaMessage:

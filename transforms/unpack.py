@@ -55,6 +55,7 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.coders import Batch
 from transforms.common import (
     DECODE_ERROR,
     DLQ_TAG,
@@ -839,4 +840,5 @@ class Unpack(beam.PTransform):
         self._cfg = cfg or UnpackConfig()
 
     def expand(self, pcoll):
-        return pcoll | "UnpackFn" >> beam.ParDo(UnpackFn(self._cfg)).with_outputs(DLQ_TAG, main="events")
+        return pcoll | "UnpackFn" >> beam.ParDo(UnpackFn(self._cfg)).with_output_types(Batch).with_outputs(
+            DLQ_TAG, main="events")
