@@ -72,6 +72,8 @@ setup_native() {
   fi
   if ! command -v cargo >/dev/null && [[ -x "$HOME/.cargo/bin/cargo" ]]; then PATH="$HOME/.cargo/bin:$PATH"; fi
   command -v cargo >/dev/null || die "native: cargo not found (a Rust toolchain is needed to build native/: https://rustup.rs)"
+  # hs.rs links Debian's libhs (the classifier's native scan loop): `./run.sh setup debian` installs it
+  [[ -e /usr/include/hs/hs.h ]] || die "native: Hyperscan headers missing (Debian libhyperscan-dev): ./run.sh setup debian"
   say "native: building perf_native with $(cargo -V | cut -d' ' -f1-2) (first build ~30 s: crates download + compile)"
   local t0=$SECONDS
   rm -rf "$wheels" && mkdir -p "$wheels"

@@ -594,7 +594,7 @@ struct Merged<'m, 'a, 'py> {
     slots: [Option<usize>; POPPED_KEYS],
 }
 
-const POPPED_KEYS: usize = 11;
+const POPPED_KEYS: usize = 12;
 const TIMESTAMP: usize = 1;
 const TIME: usize = 2;
 const TS: usize = 3;
@@ -605,6 +605,7 @@ const TYPE: usize = 7;
 const PLATFORM: usize = 8;
 const DEVICE_ID: usize = 9;
 const DURATION_MS: usize = 10;
+const MTIME: usize = 11; // a time key of the logs envelope only (elsewhere it stays in attrs)
 
 /// The keys _build pops, by code (0: none of them). One match per key instead of a scan per pop.
 fn popped_key(k: &str) -> usize {
@@ -619,6 +620,7 @@ fn popped_key(k: &str) -> usize {
         "platform" => PLATFORM,
         "device_id" => DEVICE_ID,
         "duration_ms" => DURATION_MS,
+        "mtime" => MTIME,
         _ => 0,
     }
 }
@@ -651,13 +653,13 @@ impl<'m, 'a, 'py> Merged<'m, 'a, 'py> {
         }
     }
 
-    /// app_id/event_name/platform/device_id: Some(value) for a string or None (-> ""), None (fallback)
-    /// for numbers (Python formats them with str()) and other types (a rejection).
+    /// app_id/event_name/platform/device_id: Some(value) for a string, an integer (Python's str() of
+    /// it) or None (-> ""); None (fallback) for floats (Python's float repr) and other types (a rejection).
     fn scalar(&self, s: Option<Src>) -> Option<Option<Src>> {
         match s {
             None => Some(None),
             Some(s) => match self.val(s) {
-                J::Str(_) => Some(Some(s)),
+                J::Str(_) | J::Int(_) | J::UInt(_) => Some(Some(s)),
                 _ => None,
             },
         }
@@ -666,7 +668,11 @@ impl<'m, 'a, 'py> Merged<'m, 'a, 'py> {
     fn scalar_obj(&self, py: Python<'py>, s: Option<Src>, cfg: &Cfg<'py>, keys: &mut Keys<'py>) -> PyResult<Bound<'py, PyAny>> {
         match s {
             None => Ok(cfg.empty.clone()),
-            Some(s) => self.obj(py, s, keys),
+            Some(s) => match self.val(s) {
+                J::Int(x) => new_str(py, &x.to_string()), // str(int)
+                J::UInt(x) => new_str(py, &x.to_string()),
+                _ => self.obj(py, s, keys),
+            },
         }
     }
 }
@@ -683,6 +689,44 @@ struct Meta<'m, 'a, 'py> {
     index: Option<HashMap<&'m str, usize>>,
 }
 
+/// A payload time -> ms as Python's `_event_time` gives it (parse_event_time's units by magnitude), when
+/// that is inside [t_lo, t_hi] (integer ms inside the skew bounds: accepted without a check). None: Python
+/// decides (strings, float µs/ns, times its skew check may reject).
+fn event_ms(cfg: &Cfg, v: &J) -> Option<i64> {
+    const S: u64 = 100_000_000_000; // 1e11: below it, seconds
+    const MS: u64 = 100_000_000_000_000; // 1e14: below it, ms
+    const US: u64 = 100_000_000_000_000_000; // 1e17: below it, µs; else ns
+    let ms = match *v {
+        J::Int(x) if cfg.t_lo <= x && x <= cfg.t_hi => return Some(x), // the SDKs' format
+        J::Int(x) => {
+            let a = x.unsigned_abs();
+            if a < S {
+                x * 1000
+            } else if a < MS {
+                x
+            } else if a < US {
+                x.div_euclid(1000) // Python's // floors
+            } else {
+                x.div_euclid(1_000_000)
+            }
+        }
+        J::UInt(u) => (u / 1_000_000) as i64, // > i64::MAX: nanoseconds
+        J::Float(f) => {
+            // int(v * 1000) / int(v): the same double product, truncated toward zero
+            let a = f.abs();
+            if a < 1e11 {
+                (f * 1000.0).trunc() as i64
+            } else if a < 1e14 {
+                f.trunc() as i64
+            } else {
+                return None; // float // 1000 has its own rounding: Python's
+            }
+        }
+        _ => return None,
+    };
+    (cfg.t_lo <= ms && ms <= cfg.t_hi).then_some(ms)
+}
+
 /// One event, or None (fallback) when Python would not build it exactly like this.
 fn build<'py>(
     py: Python<'py>,
@@ -691,6 +735,7 @@ fn build<'py>(
     meta: &Meta<'_, '_, 'py>,
     item: &Obj,
     index: usize,
+    logs: bool,
     id_buf: &mut Vec<u8>,
     keys: &mut Keys<'py>,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
@@ -736,7 +781,9 @@ fn build<'py>(
     let mut mg = Merged { meta: mo, meta_vals: &meta.vals, item, m, slots };
 
     let mut t = None;
-    for k in [TIMESTAMP, TIME, TS] {
+    // TIME_KEYS, or LOGS_TIME_KEYS (mtime first) for the logs envelope
+    let time_keys: &[usize] = if logs { &[MTIME, TIMESTAMP, TIME, TS] } else { &[TIMESTAMP, TIME, TS] };
+    for &k in time_keys {
         t = mg.pop(k);
         if t.is_some() {
             break;
@@ -744,9 +791,9 @@ fn build<'py>(
     }
     let event_time = match t {
         None => rec.default_time,
-        Some(s) => match mg.val(s) {
-            J::Int(x) if cfg.t_lo <= *x && *x <= cfg.t_hi => *x,
-            _ => return Ok(None), // other units, strings, out of bounds: Python's _event_time
+        Some(s) => match event_ms(cfg, mg.val(s)) {
+            Some(ms) => ms,
+            None => return Ok(None), // strings, other units, out of bounds: Python's _event_time
         },
     };
     let app_id = mg.pop(APP_ID);
@@ -1115,7 +1162,7 @@ fn record<'py>(
     };
     for (i, item) in data.iter().enumerate() {
         let J::Obj(item) = item else { unreachable!() };
-        match build(py, cfg, &r, &m, item, i, id_buf, keys)? {
+        match build(py, cfg, &r, &m, item, i, false, id_buf, keys)? {
             Some(ev) => out.push(ev.into_any()),
             None => {
                 out.truncate(start);
