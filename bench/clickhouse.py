@@ -9,7 +9,9 @@ Per batch of events (generated outside the timings):
          dedup token, retry wrapper, metrics, ONE client insert)                           -> db bench_sink
   floor: the client's insert of rows built beforehand (no conversion, no sink code)        -> db bench_floor
 Both run interleaved batch by batch, so background merges and a busy machine hit both alike.
-Prints ONE JSON object: {"server": {"rows_per_s", "floor_rows_per_s", "ratio"}, "chdb": {...}, ...}.
+Prints ONE JSON object: {"server": {"rows_per_s", "floor_rows_per_s", "ratio", "cpu_us_per_row",
+"floor_cpu_us_per_row"}, "chdb": {...}, ...}; cpu_us_per_row is process CPU time (time.process_time), which
+for chdb includes the embedded server's own insert work.
 Progress goes to stderr. The server target starts the local server (scripts/clickhouse.sh up) if needed.
 """
 
@@ -78,6 +80,7 @@ def bench_target(name: str, url: str, rows: int, batch_rows: int, element_events
     insert._writer.client()  # connect outside the timings, as the floor's client is
     layout = EVENTS
     t_sink = t_floor = 0.0
+    cpu_sink = cpu_floor = 0.0
     done = 0
     while done < rows:
         n = min(batch_rows, rows - done)
@@ -85,10 +88,11 @@ def bench_target(name: str, url: str, rows: int, batch_rows: int, element_events
         prebuilt = [layout.to_row(e) for e in events]
         # Alternate which side goes first, so neither always pays for the merges the other started.
         for side in (("floor", "sink") if (done // batch_rows) % 2 == 0 else ("sink", "floor")):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             if side == "floor":  # the bare client insert of pre-built rows
                 client.insert(layout.name, layout.columns, prebuilt, types=layout.types)
                 t_floor += time.perf_counter() - t
+                cpu_floor += time.process_time() - c
             else:  # the sink: per-element conversion + chunking, the chunks of the batch, the batch DoFn
                 to_chunks.start_bundle()
                 chunks = []
@@ -105,6 +109,7 @@ def bench_target(name: str, url: str, rows: int, batch_rows: int, element_events
                 chunks.extend(wv.value[1] for wv in to_chunks.finish_bundle())
                 dead = list(insert.process((0, chunks)))
                 t_sink += time.perf_counter() - t
+                cpu_sink += time.process_time() - c
         if dead:
             raise RuntimeError(f"{name}: sink rejected rows: {dead[0]['reason']}")
         done += n
@@ -119,7 +124,9 @@ def bench_target(name: str, url: str, rows: int, batch_rows: int, element_events
     client.close()
     sink_rate, floor_rate = rows / t_sink, rows / t_floor
     return {"rows_per_s": round(sink_rate), "floor_rows_per_s": round(floor_rate),
-            "ratio": round(sink_rate / floor_rate, 3), "version": ".".join(map(str, client.version))}
+            "ratio": round(sink_rate / floor_rate, 3), "cpu_us_per_row": round(cpu_sink / rows * 1e6, 3),
+            "floor_cpu_us_per_row": round(cpu_floor / rows * 1e6, 3),
+            "version": ".".join(map(str, client.version))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ gets a fresh temp path and closes the process-wide session afterwards, so the ne
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import subprocess
@@ -276,6 +277,86 @@ def test_bundle_batching_fallback(target):
     assert q1(cfg, f"SELECT count(), uniqExact(event_id) FROM {cfg.database}.events FINAL") == [(n, n)]
     assert counter(result, "rows_inserted") == n
     assert max(d.max for d in dist(result, "batch_size")) <= 700
+
+
+def _varied_events() -> list[tuple[dict, tuple]]:
+    """(event, expected events row read back) pairs: non-ASCII, empty and missing optional fields, None and
+    odd durations, 64-bit extremes, nested attrs, the message fallbacks, and the lenient path. The expected
+    rows are written out here (JSON by the json module), not computed by the sink's converters."""
+    def j(obj) -> str:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    base = {"envelope": "upload", "category": "PERF_CRASH", "rule_id": "r1", "engine": "hyperscan",
+            "app_id": "app", "event_name": "crash", "platform": "android", "device_id": "dev"}
+    fields_a = {"message": "ошибка 😀 at ü\u2028x \"q\" \\ \n", "stack": "日本"}
+    attrs_a = {"nested": {"list": [1, -2, {"deep": None}], "t": True, "f": False}, "é": "ü", "": ""}
+    big_fields = {"content": "c", "n": 2**63 - 1, "m": -2**63}
+    big_attrs = {"big": 2**64 - 1, "small": -1, "zero": 0}
+    cases = [
+        ({**base, "event_id": "a1", "event_time": T0 + 123, "ingest_time": T0 + 5000, "app_id": "приложение",
+          "event_name": "краш", "platform": "ios", "device_id": "dév-1", "duration_ms": 12.5,
+          "fields": fields_a, "attrs": attrs_a, "traceparent": tp, "src": ["tópic", 3, 17, 2],
+          "category": "PERF_ANR", "rule_id": "r-ü", "engine": "re"},
+         ("a1", (T0 + 123) // 1000, T0 + 123, T0 + 5000, "приложение", "краш", "ios", "dév-1", "PERF_ANR",
+          "r-ü", "re", 12.5, fields_a["message"], j(fields_a), j(attrs_a), tp, "tópic", 3, 17, 2, T0 + 5000)),
+        # Empty strings and dicts; duration_ms and traceparent keys absent; no version: version = ingest.
+        ({"event_id": "b2", "event_time": T0, "ingest_time": T0 + 1, "app_id": "", "event_name": "",
+          "platform": "", "device_id": "", "category": "", "rule_id": "", "engine": "", "fields": {},
+          "attrs": {}, "src": ["t", 0, 0, 0]},
+         ("b2", T0 // 1000, T0, T0 + 1, "", "", "", "", "", "", "", None, "", "{}", "{}", "", "t", 0, 0, 0,
+          T0 + 1)),
+        # 64-bit extremes; DateTime near its end (2100); explicit None duration and traceparent.
+        ({**base, "event_id": "c3", "event_time": 4_102_444_800_123, "ingest_time": 2**63,
+          "duration_ms": None, "fields": big_fields, "attrs": big_attrs, "traceparent": None,
+          "src": ["t", 2**31 - 1, 2**63 - 1, 2**31 - 1], "version": 2**64 - 1},
+         ("c3", 4_102_444_800, 4_102_444_800_123, 2**63, "app", "crash", "android", "dev", "PERF_CRASH", "r1",
+          "hyperscan", None, "c", j(big_fields), j(big_attrs), "", "t", 2**31 - 1, 2**63 - 1, 2**31 - 1,
+          2**64 - 1)),
+        # message: first text field when neither message nor content; "" falls through to content; "" when
+        # the first field is not text.
+        ({**base, "event_id": "d4", "event_time": T0 + 1, "ingest_time": T0 + 2, "duration_ms": 0.0,
+          "fields": {"level": "WARN", "code": 7}, "attrs": {"a": "b"}, "src": ["t", 1, 2, 3], "version": 5},
+         ("d4", T0 // 1000, T0 + 1, T0 + 2, "app", "crash", "android", "dev", "PERF_CRASH", "r1", "hyperscan",
+          0.0, "WARN", '{"level":"WARN","code":7}', '{"a":"b"}', "", "t", 1, 2, 3, 5)),
+        ({**base, "event_id": "e5", "event_time": T0 + 2, "ingest_time": T0 + 3, "duration_ms": -0.25,
+          "fields": {"message": "", "content": "fallback"}, "attrs": {}, "src": ["t", 1, 3, 0]},
+         ("e5", T0 // 1000, T0 + 2, T0 + 3, "app", "crash", "android", "dev", "PERF_CRASH", "r1", "hyperscan",
+          -0.25, "fallback", '{"message":"","content":"fallback"}', "{}", "", "t", 1, 3, 0, T0 + 3)),
+        ({**base, "event_id": "f6", "event_time": T0 + 3, "ingest_time": T0 + 4, "duration_ms": 1 / 3,
+          "fields": {"x": 1, "y": "s"}, "attrs": {"k": [1e300]}, "src": ["t", 1, 4, 0]},
+         ("f6", T0 // 1000, T0 + 3, T0 + 4, "app", "crash", "android", "dev", "PERF_CRASH", "r1", "hyperscan",
+          1 / 3, "", '{"x":1,"y":"s"}', j({"k": [1e300]}), "", "t", 1, 4, 0, T0 + 4)),
+        # Lenient path: non-str JSON keys, missing ingest_time/src/strings, a None string.
+        ({"event_id": "g7", "event_time": 1500, "app_id": None, "fields": {"content": "cc"},
+          "attrs": {1: "x", "k": {2: None}}, "duration_ms": 1e300},
+         ("g7", 1, 1500, 0, "", "", "", "", "", "", "", 1e300, "cc", '{"content":"cc"}',
+          '{"1":"x","k":{"2":null}}', "", "", -1, -1, -1, 0)),
+    ]
+    return cases
+
+
+def test_rows_in_clickhouse_exactly_as_expected(target):
+    """Varied events through the sink (as one list element and as single dicts), read back column by column
+    from the real target and compared with rows written out by hand."""
+    cfg = target(batch_rows=1000)
+    cases = _varied_events()
+    singles = [({**e, "event_id": "s-" + e["event_id"]}, ("s-" + row[0], *row[1:])) for e, row in cases]
+    bad = {"src": ["t", 0, 99, 0]}  # no event_id: a conversion dead letter, the rest is written
+
+    def check(dls):
+        dls = list(dls)
+        assert len(dls) == 2 and all(d["offset"] == 99 and "KeyError" in d["reason"] for d in dls), dls
+
+    run(lambda p: (
+        (p | "List" >> beam.Create([[e for e, _ in cases] + [bad]]),
+         p | "Singles" >> beam.Create([e for e, _ in singles] + [bad]))
+        | beam.Flatten() | WriteToClickHouse(cfg, "events")), check_dlq=check)
+    cols = ", ".join("toUnixTimestamp(event_time)" if c == "event_time" else f"`{c}`"
+                     for c in TABLES["events"].columns)
+    got = q1(cfg, f"SELECT {cols} FROM `{cfg.database}`.events ORDER BY event_id")
+    expected = sorted((row for _, row in cases + singles), key=lambda r: r[0].encode())
+    assert [tuple(r) for r in got] == expected
 
 
 def make_aggregates():

@@ -196,6 +196,7 @@ class _ToRowChunks(beam.DoFn):
 
     def setup(self) -> None:
         self._to_row = self.layout.to_row
+        self._convert = self.layout.convert
         self._rejected = Metrics.counter(f"clickhouse.{self.layout.name}", "rejected_rows")
         self._n = 0
 
@@ -214,13 +215,10 @@ class _ToRowChunks(beam.DoFn):
         out: list[Any] = []
         to_row = self._to_row
         if type(element) is list:  # a list of dicts: converted in one go, appended to the buffer at once
-            rows = []
-            for el in element:
-                try:
-                    rows.append(to_row(el))
-                except Exception as exc:  # noqa: BLE001 - a bad shape becomes a dead letter, never a crash
-                    self._rejected.inc()
-                    out.append(beam.pvalue.TaggedOutput(DLQ_TAG, _conversion_dead_letter(el, exc)))
+            rows, failed = self._convert(element)
+            for el, exc in failed:  # a bad shape becomes a dead letter, never a crash
+                self._rejected.inc()
+                out.append(beam.pvalue.TaggedOutput(DLQ_TAG, _conversion_dead_letter(el, exc)))
         else:
             try:
                 rows = (to_row(element),)

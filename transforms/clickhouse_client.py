@@ -158,6 +158,21 @@ def _arrow_type(ch_type: str) -> Any:
     return _ARROW_TYPES[ch_type]
 
 
+_ARROW_STRUCTS: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def _arrow_struct(columns: tuple[str, ...], types: tuple[str, ...]) -> Any:
+    """The Arrow struct type of a row: one field per column, typed as _arrow_type() (cached per layout)."""
+    key = (tuple(columns), tuple(types))
+    st = _ARROW_STRUCTS.get(key)
+    if st is None:
+        import pyarrow as pa
+
+        st = _ARROW_STRUCTS[key] = pa.struct([pa.field(c, _arrow_type(t))
+                                              for c, t in zip(columns, types, strict=True)])
+    return st
+
+
 class ChdbClient:
     """ClickHouse embedded in this process."""
 
@@ -184,9 +199,13 @@ class ChdbClient:
 
         if len(types) != len(columns):
             raise RuntimeError("chdb insert needs the ClickHouse type of every column")
-        columns_data = zip(*rows, strict=True)
-        arrays = [pa.array(col, type=_arrow_type(t)) for col, t in zip(columns_data, types, strict=True)]
-        ch_insert_batch = pa.Table.from_arrays(arrays, names=list(columns))  # noqa: F841 (read by Python() below)
+        # Rows straight into one Arrow struct array (tuples are struct values), split into columns without a
+        # copy: Arrow reads each row tuple once, where zip(*rows) + pa.array per column walks every row once
+        # per column (and builds a Python tuple per column). Same arrays, same errors (a row of the wrong
+        # length, a value that does not fit) as converting column by column.
+        struct = pa.array(rows, type=_arrow_struct(columns, types))
+        ch_insert_batch = pa.Table.from_batches(  # noqa: F841 (read by Python() below)
+            [pa.RecordBatch.from_struct_array(struct)])
         self._session.query(_insert_sql(self.database, table, columns, dedup_token)
                             + " SELECT * FROM Python(ch_insert_batch)")
 
