@@ -30,7 +30,8 @@ def test_list_estimate_scales_the_first_item():
 
 def test_registered_for_the_batch_hint_and_in_tuples():
     assert coders.registry.get_coder(Batch) == BatchCoder()
-    assert str(coders.registry.get_coder(beam.typehints.Tuple[int, Batch])) == "TupleCoder[VarIntCoder, BatchCoder]"
+    pair = coders.registry.get_coder(beam.typehints.Tuple[int, Batch])
+    assert str(pair) == "TupleCoder[VarIntCoder, BatchCoder]"
 
 
 def test_batches_cross_a_shuffle_intact():

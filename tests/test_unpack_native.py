@@ -286,3 +286,253 @@ def test_validation_failures_are_handed_back_and_rejected_by_python():
     u = Unpacker(validate_unpack_config(CONFIGS["all_types"]), native=True)
     events, dls = u.unpack_batch([rec(values[-1])])
     assert len(events) == 1 and not dls
+
+
+# --- JSON Lines and headers+logs envelopes -------------------------------------------------------------
+
+DEFAULT_SECTION = None  # config/default.yaml's unpack section, loaded once by _default_section()
+
+
+def _default_section() -> dict:
+    global DEFAULT_SECTION
+    if DEFAULT_SECTION is None:
+        import yaml
+
+        from tests.conftest import ROOT
+
+        DEFAULT_SECTION = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())["unpack"]
+    return DEFAULT_SECTION
+
+
+def native_fallbacks(records, section=None) -> list[int]:
+    """Indexes of the records the native code hands back to Python (called as _unpack_native calls it)."""
+    u = Unpacker(validate_unpack_config(section), native=True)
+    with mock.patch("transforms.unpack.now_ms", lambda: NOW):
+        u.unpack_batch([])  # sets the batch's time bounds
+    _, fallbacks, _ = u._native(list(records), KafkaRecord, u._topics, u._topic_info, NOW, u._t_lo, u._t_hi,
+                                u._text_fields, *u._native_limits, *u._native_checks)
+    return [i for i, _, _ in fallbacks]
+
+
+S = NOW // 1000  # the current time in seconds
+PAST_MS = NOW - 7 * 86400_000  # the default skew bounds, in ms
+FUTURE_MS = NOW + 3600_000
+# payload times in every unit, inside and outside the default skew bounds, and exactly on them
+TIME_VALUES = [
+    S, S - 100, NOW, NOW - 1, NOW * 1000 + 999, -NOW * 1000, NOW * 1_000_000 + 123, 2**63 - 1, 2**64 - 1,
+    S + 0.25, S - 0.0005, float(NOW), NOW + 0.75, float(NOW * 1000), 1e17, -1.5, 0, 0.0, -S, 5, 10**11 - 1,
+    PAST_MS, PAST_MS - 1, FUTURE_MS, FUTURE_MS + 1, -(-PAST_MS // 1000), PAST_MS // 1000,
+    FUTURE_MS // 1000, FUTURE_MS // 1000 + 1, PAST_MS / 1000, FUTURE_MS / 1000, (FUTURE_MS + 1) / 1000,
+    PAST_MS * 1000, PAST_MS * 1000 - 1, FUTURE_MS * 1000 + 999, FUTURE_MS * 1_000_000 + 999_999,
+    str(S), str(NOW), " 1794999999 ", "2026-11-22T06:00:00Z", "", None, True, [S], {"s": S},
+]
+TIME_ST = (st.sampled_from(TIME_VALUES) | st.integers(S - 8 * 86400, S + 7200)
+           | st.floats(S - 8 * 86400, S + 7200) | st.integers(NOW - 8 * 86400_000, NOW + 7200_000))
+NAMES = st.none() | st.integers(-5, 2**64 - 1) | st.sampled_from(
+    ["log_item", "", "ü", 1.5, True, [1], {"a": 1}])
+LOG_BODY = st.dictionaries(
+    st.sampled_from(["mtime", "timestamp", "ts", "time", "app_id", "log_name", "event_name", "name", "type",
+                     "platform", "message", "stack", "x", "y", "duration_ms", "device_id"])
+    | st.text(max_size=6),
+    TIME_ST | JSONISH | NAMES, max_size=9)
+LOG_HEADERS = st.fixed_dictionaries({}, optional={"app_id": NAMES | st.text(max_size=8), "log_name": NAMES,
+                                                 "x": JSONISH, "mtime": TIME_ST,
+                                                 "message": st.text(max_size=9)})
+LOGS = st.builds(lambda h, b, order: dict(sorted({"headers": h, "logs": b}.items(), reverse=order)),
+                 LOG_HEADERS | JSONISH, LOG_BODY | JSONISH, st.booleans())
+LINE = (GOOD | ITEMS | LOG_BODY).map(orjson.dumps) | st.sampled_from(
+    [b"", b" ", b"\r", b"\x0b", b"\x0c", b"\x1c", b"[1]", b"5", b'"s"', b"{", b'{"a": x}', b"null", b"{}",
+     b'{"a":1} {"b":2}', b'\t{"a": 1}\r', b'{"a": 1}\x0c', b'{"a":\r1}', b"\xef\xbb\xbf{}", b'{"a": "\xff"}'])
+JSONL = st.builds(lambda lines, sep, end: sep.join(lines) + end, st.lists(LINE, min_size=1, max_size=7),
+                  st.sampled_from([b"\n", b"\r\n", b"\n\n", b" \n"]),
+                  st.sampled_from([b"", b"\n", b"\r\n", b"\n\n"]))
+JSONL_TOPICS = st.sampled_from(["perf", "g", "l", "j", "u"])
+
+
+@st.composite
+def jsonl_logs_records(draw, max_size=8):
+    n = draw(st.integers(1, max_size))
+    values = st.one_of(LOGS.map(orjson.dumps), JSONL,
+                       st.builds(lambda b: orjson.dumps({"timestamp": b.get("mtime"), **b}), LOG_BODY))
+    return [KafkaRecord(draw(JSONL_TOPICS), draw(st.integers(0, 3)), offset, draw(TIMES), b"k", draw(values),
+                        tuple(draw(RECORD_HEADERS))) for offset in range(n)]
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "default_yaml"])
+def test_generated_jsonl_and_logs_identical(name):
+    section = _default_section() if name == "default_yaml" else CONFIGS[name]
+
+    @SETTINGS
+    @given(jsonl_logs_records())
+    def check(batch):
+        run_both(batch, section)
+
+    check()
+
+
+LOGS_BODY = {"account_name": "4242424242", "action": 1200, "item_id": 12345678, "amount": 3, "mtime": S - 30,
+             "role_id": 1234567890123, "server_id": 5001, "platform": 3100, "message": "Skipped 87 frames!"}
+
+
+def logs(headers=None, body=None, **top):
+    return orjson.dumps({"headers": {"app_id": 24, "log_name": "log_item"} if headers is None else headers,
+                         "logs": LOGS_BODY if body is None else body, **top})
+
+
+LOGS_VALUES = [
+    logs(),  # the e2e generator's game log: app_id int, platform int, mtime in seconds
+    logs(body={k: v for k, v in LOGS_BODY.items() if k != "mtime"}),  # no mtime: the Kafka timestamp
+    logs(body={**LOGS_BODY, "mtime": None, "timestamp": NOW - 5}),  # mtime null, timestamp pops next
+    logs(body={**LOGS_BODY, "mtime": NOW - 5, "timestamp": NOW - 9}),  # mtime in ms wins, timestamp stays
+    logs(body={**LOGS_BODY, "mtime": S - 30.5}), logs(body={**LOGS_BODY, "mtime": (NOW - 5) * 1000}),
+    logs(body={**LOGS_BODY, "mtime": "2026-11-22T06:00:00Z"}), logs(body={**LOGS_BODY, "mtime": str(S)}),
+    logs(body={**LOGS_BODY, "mtime": 5}), logs(body={**LOGS_BODY, "mtime": S + 7200}),  # skew: rejected
+    logs(body={**LOGS_BODY, "mtime": True}),
+    logs(headers={"app_id": "com.x", "mtime": S - 1}, body={"message": "m"}),  # time from the headers
+    logs(headers={"app_id": "a"}), logs(headers={"app_id": "a", "log_name": None}),  # log_name missing/null
+    logs(headers={"app_id": "a", "log_name": ""}), logs(headers={"app_id": "a", "log_name": 0}),
+    logs(headers={"app_id": "a", "log_name": 2**64 - 1}), logs(headers={"app_id": "a", "log_name": -7}),
+    logs(headers={"app_id": "a", "log_name": 1.5}), logs(headers={"app_id": "a", "log_name": True}),
+    logs(headers={"app_id": "a", "log_name": ["x"]}), logs(headers={"app_id": "a", "log_name": "日志 💥"}),
+    logs(headers={"log_name": "x"}), logs(headers={"app_id": None, "log_name": "x"}),  # app_id missing/null
+    logs(headers={"app_id": 2.5, "log_name": "x"}), logs(headers={"app_id": [1], "log_name": "x"}),
+    logs(headers={"app_id": -(2**63), "log_name": "x"}), logs(headers={"app_id": 2**64 - 1, "log_name": "x"}),
+    logs(headers={}, body={}),
+    # logs' own app_id/event_name keep their position, the headers' values win
+    logs(body={"x": 1, "app_id": "from logs", "event_name": "from logs", "y": 2}),
+    logs(headers={"app_id": "h", "log_name": ""}, body={"x": 1, "app_id": "from logs", "event_name": "e"}),
+    logs(headers={"log_name": "n"}, body={"app_id": "from logs", "name": "nm", "type": "tp"}),
+    logs(headers={"app_id": "a"}, body={"name": "nm", "type": "tp", "log_name": "stays in attrs"}),
+    # extra header keys: before the body's keys, the body wins over them
+    logs(headers={"z": 1, "app_id": "a", "message": "from headers", "log_name": "n", "x": [1, {"a": None}]},
+         body={"x": "from logs", "k": {"nested": ["ü", 1.5, None, True]}}),
+    logs(headers={"app_id": "a", "log_name": "n", **{f"h{i}": i for i in range(20)}},
+         body={**{f"h{i}": -i for i in range(0, 40, 3)}, **{f"k{i}": i for i in range(20)}}),
+    b'{"headers": {"app_id": "a", "app_id": "b", "log_name": "n"}, "logs": {"m": 1, "m": 2, "message": "x"}}',
+    b'{"headers": {"app_id": "a"}, "logs": {"x": 1}, "headers": {"app_id": "b", "log_name": "n"}}',
+    '{"headers": {"app_id": "приложение", "log_name": "ошибка"}, '
+    '"logs": {"message": "崩溃 💥 \\u00e9"}}'.encode(),
+    logs(body={**LOGS_BODY, "duration_ms": "12.5"}), logs(body={**LOGS_BODY, "duration_ms": "slow"}),
+    logs(body={**LOGS_BODY, "message": "x" * 70_000}), logs(body={**LOGS_BODY, "platform": 1.5}),
+    logs(body={**LOGS_BODY, "device_id": 7}), logs(body={**LOGS_BODY, "device_id": False}),
+    # shapes Python rejects or reads as another envelope
+    orjson.dumps({"headers": 1, "logs": {"a": 1}}), orjson.dumps({"headers": {"app_id": "a"}, "logs": [1]}),
+    orjson.dumps({"headers": None, "logs": None}), orjson.dumps({"logs": {"a": 1}}),
+    orjson.dumps({"headers": {"app_id": "a"}}), logs(meta={"app_id": "m"}, data=[{"a": 1}]),
+    logs() + b"\n" + logs(),  # two game logs on two lines: JSON Lines (auto)
+]
+
+LINES_OK = [orjson.dumps({"app_id": "svc.hdfs", "timestamp": NOW - 50, "host": "node-1", "message": "m1"}),
+            orjson.dumps({"app_id": "svc.ssh", "timestamp": NOW - 40, "host": "node-2", "message": "m2"}),
+            orjson.dumps({"ts": S - 9, "app_id": "a", "event_name": "e", "x": {"y": [1, 2.5, None]},
+                          "stack": "s"})]
+JSONL_VALUES = [
+    b"\n".join(LINES_OK), b"\n".join(LINES_OK) + b"\n", b"\r\n".join(LINES_OK) + b"\r\n",
+    b"\n\n" + b"\n\n\n".join(LINES_OK) + b"\n\n", b"  \n\t\r\n" + b"\n".join(LINES_OK),  # blank lines
+    b"\n".join(b"  \t" + ln + b" \r" for ln in LINES_OK),  # whitespace around the lines
+    b"\n".join(ln + b"\x0c" for ln in LINES_OK), b"\x0b\n" + b"\n".join(LINES_OK),  # \x0b \x0c: bytes.strip
+    b"\n".join(ln + b"\x1c" for ln in LINES_OK),  # not whitespace for bytes.strip
+    # a bad line inside: partial results (from Python)
+    LINES_OK[0] + b"\n" + b'{"app_id": "svc", "message": unterminated' + b"\n" + LINES_OK[1],
+    b'{"app_id": "svc", "message": unterminated\n' + LINES_OK[0],  # bad first line: whole record (auto)
+    LINES_OK[0] + b"\n[1, 2]\n" + LINES_OK[1] + b'\n"s"\n5\nnull', LINES_OK[0] + b"\n{}",
+    LINES_OK[0] + b"\n" + orjson.dumps({"duration_ms": "slow", "app_id": "a"}),  # a rejected line
+    LINES_OK[0] + b"\n" + orjson.dumps({"app_id": ["x"]}), LINES_OK[0] + b"\n" + orjson.dumps({"app_id": 42}),
+    LINES_OK[0] + b"\n" + orjson.dumps({"message": "y" * 70_000}),
+    LINES_OK[0] + b"\n" + orjson.dumps({"timestamp": "2026-11-22T06:00:00Z"}),
+    LINES_OK[0] + b"\n" + orjson.dumps({"timestamp": S - 10.25, "time": 1}),
+    LINES_OK[0] + b"\n" + orjson.dumps({"timestamp": 3}), LINES_OK[0] + b"\n" + orjson.dumps({"mtime": S}),
+    LINES_OK[0] + b"\n" + logs(),  # a logs envelope as a line: a plain object there
+    b'{"a": 1} {"b": 2}\n' + LINES_OK[0], LINES_OK[0] + b'\n{"a": 1} {"b": 2}',  # two objects on a line
+    b'{"a":\n1}\n' + LINES_OK[0], b'{\n  "app_id": "pretty",\n  "x": 1\n}',  # objects over several lines
+    b'{"a":\r1}\n{"b":\t2}', b'{"m": "a\\nb\\r\\n"}\n{"m": "\xe2\x80\xa8 \\u2028"}',  # \n escaped, U+2028 raw
+    '{"message": "崩溃 💥 Ошибка"}\n{"ключ": "значение", "e": "\\ud83d\\ude00"}'.encode(),
+    b'{"a": "\xff"}\n{"b": 1}', b'{"b": 1}\n{"a": "\xff"}', b"\xef\xbb\xbf" + b"\n".join(LINES_OK),
+    b'{"a": 1, "a": 2, "b": {"c": 1, "c": [3]}}\n{"a": 3}',
+    b'{"big": 123456789012345678901234567890}\n{"a": 1}',
+    b"\n".join(LINES_OK[:1] * 300), b"\n".join(LINES_OK[:1] * 3 + [b""] * 5), b"\n".join(LINES_OK[:1] * 4),
+    LINES_OK[0], LINES_OK[0] + b"\n", LINES_OK[0] + b"\n\n  \n", b"\n\n", b" \r\n ", b"\n",
+    LINES_OK[0] + b"\n\x0c", LINES_OK[0] + b"\n \x0b\n", b"\x0c\n" + LINES_OK[0],  # one non-blank line
+    b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}\n" + LINES_OK[0],
+]
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "default_yaml"])
+def test_jsonl_and_logs_edge_cases_identical(name):
+    section = _default_section() if name == "default_yaml" else CONFIGS[name]
+    values = LOGS_VALUES + JSONL_VALUES
+    topics = ("perf", "g", "l", "j", "u") if name == "per_topic" else ("perf",)
+    if name == "default_yaml":
+        topics = ("perf", "ingest.gamelogs", "ingest.gateway")
+    for topic in topics:
+        run_both([rec(v, offset=i, topic=topic) for i, v in enumerate(values)], section)
+        for v in values:  # one by one too
+            run_both([rec(v, topic=topic)], section, batches=1)
+    # a traceparent, a record without a timestamp
+    run_both([rec(v, offset=i, ts=None if i % 2 else NOW - 3, headers=[("traceparent", TP)])
+              for i, v in enumerate(values)], section)
+
+
+def test_jsonl_and_logs_run_natively():
+    # the common shapes of both envelopes are built natively: no record handed back
+    ok_logs = [logs(), logs(body={k: v for k, v in LOGS_BODY.items() if k != "mtime"}),
+               logs(headers={"app_id": "a"}), logs(headers={"app_id": "a", "log_name": 0}),
+               logs(body={**LOGS_BODY, "mtime": S - 30.5}), logs(body={**LOGS_BODY, "mtime": NOW - 5}),
+               logs(headers={"app_id": "h", "log_name": "n", "x": 1}, body={"app_id": "l", "x": [2]})]
+    ok_jsonl = [b"\n".join(LINES_OK), b"\r\n".join(LINES_OK) + b"\r\n",
+                b"\n\n" + b"\n\n".join(LINES_OK) + b"\n",
+                b"\n".join(b"  \t" + ln + b" \r" for ln in LINES_OK),
+                LINES_OK[0] + b"\n" + orjson.dumps({"app_id": 42, "timestamp": S - 10.25}),
+                b"\n".join(LINES_OK[:1] * 300)]
+    for section, topics in ((None, ("perf",)), (CONFIGS["per_topic"], ("perf", "g", "l")),
+                            (_default_section(), ("perf", "ingest.gateway", "ingest.gamelogs"))):
+        for topic in topics:
+            values = (ok_jsonl if topic in ("perf", "g", "ingest.gateway") else []) + (
+                ok_logs if topic in ("perf", "l", "ingest.gamelogs") else [])
+            batch = [rec(v, offset=i, topic=topic) for i, v in enumerate(values)]
+            assert native_fallbacks(batch, section) == [], (section, topic)
+            events, dls = run_both(batch, section)
+            n_lines = [len([ln for ln in v.split(b"\n") if ln.strip()]) for v in values]
+            assert not dls
+            expected = [1 if b"headers" in v else n for v, n in zip(values, n_lines, strict=True)]
+            assert len(events) == sum(expected)
+    # explicit JSON Lines: one line is one event too; \x0c/\x0b around lines are stripped
+    batch = [rec(LINES_OK[0], topic="g"),
+             rec(b"\n".join(ln + b"\x0c" for ln in LINES_OK), topic="g", offset=8)]
+    assert native_fallbacks(batch, CONFIGS["per_topic"]) == []
+    # seconds, float seconds and integer names in a plain object are native as well
+    batch = [rec(orjson.dumps({"app_id": 7, "ts": S - 3})), rec(orjson.dumps({"time": S - 3.5, "type": 3}))]
+    assert native_fallbacks(batch) == []
+    assert run_both(batch)[0][0]["app_id"] == "7"
+    # what Python decides (a rejection, a bad line, an unusual time) is handed back
+    batch = [rec(v) for v in (JSONL_VALUES[9], JSONL_VALUES[10], logs(body={"mtime": 5}),
+                              logs(headers={"app_id": "a", "log_name": 1.5}), logs(body={"mtime": "1"}),
+                              logs(headers=[]), b"\n".join(ln + b"\x0c" for ln in LINES_OK))]
+    assert native_fallbacks(batch) == list(range(len(batch)))
+
+
+def _e2e_records(seed=5, messages=1500, topic=None):
+    from pipeline.generate import LOGHUB, Generator
+
+    if not LOGHUB.is_dir():
+        pytest.skip(f"Loghub data missing: {LOGHUB}")
+    gen = Generator(seed=seed, now_ms=NOW)
+    recs, dead = [], []
+    for off, m in enumerate(gen.mix(messages)):
+        t = topic or f"ingest.{m.topic}"
+        recs.append(KafkaRecord(t, off % 4, off, NOW - 7, m.key, m.value, tuple(m.headers)))
+        dead.append(m.dead)
+    return recs, dead
+
+
+@pytest.mark.parametrize("topic", [None, "bench.e2e.in"])
+def test_e2e_generator_records_identical(topic):
+    # bench/e2e.py's input (uploads, game logs, gateway JSON Lines, malformed): per-topic envelopes as
+    # config/default.yaml sets them, or one topic with auto-detection as in the bench
+    recs, dead = _e2e_records(topic=topic)
+    section = _default_section()
+    for n in (500, 37):
+        for i in range(0, len(recs), n):
+            run_both(recs[i:i + n], section, batches=1)
+    # only the records with something Python rejects (an item, a line, the whole value) are handed back
+    assert native_fallbacks(recs, section) == [i for i, d in enumerate(dead) if d]

@@ -32,9 +32,10 @@ Event time (ms): first present of `timestamp`, `time`, `ts` (logs envelope: `mti
 
 Native fast path (perf_native, native/ in Rust, built into the venv by `./run.sh setup python`): when it
 is installed, not disabled with PERF_NATIVE=0 and `validation.required` names only event keys,
-unpack_batch hands the whole batch to it. It builds the events of the common records (one JSON object,
-upload or json envelope, integer-ms times inside the skew bounds, nothing to reject: it checks
-`validation.types` and `required` only to hand a record that fails them back) exactly as the code
+unpack_batch hands the whole batch to it. It builds the events of the common records (upload, json,
+headers+logs and JSON Lines envelopes; numeric payload times in any unit that land inside the skew bounds;
+nothing to reject: it checks `validation.types` and `required` only to hand a record that fails them back;
+a JSON Lines record with one bad line goes back whole) exactly as the code
 below would, and leaves every other record to that code at its place in the batch: the dead letters,
 reasons and counters all come from this module (tests/test_unpack_native.py compares both paths).
 """

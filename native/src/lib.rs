@@ -1,7 +1,7 @@
 //! Native fast paths of transforms/unpack.py (this file) and of the classifier's Hyperscan loop (hs.rs).
 //!
-//! The common records (one JSON object, `upload` or `json` envelope, nothing to reject) go straight
-//! from bytes to the same event dicts the Python code builds. Everything else is handed back as a
+//! The common records (`upload`, `json`, headers+`logs` and JSON Lines envelopes, nothing to reject)
+//! go straight from bytes to the same event dicts the Python code builds. Everything else is handed back as a
 //! "fallback" and the Python code makes its events, dead letters and counters: this module never
 //! decides a rejection, so the Python code stays the one definition of the contract.
 
@@ -37,6 +37,7 @@ enum J<'a> {
 }
 
 type Obj<'a> = [(Cow<'a, str>, J<'a>)];
+type Members<'a> = Vec<(Cow<'a, str>, J<'a>)>;
 
 /// A strict JSON parser. `None` = not sure it would give exactly what orjson.loads gives (or not
 /// valid JSON): the record goes to Python. Bytes outside strings must be ASCII (the grammar), strings
@@ -1024,6 +1025,112 @@ fn traceparent<'py>(py: Python<'py>, headers: &Bound<'py, PyAny>) -> Result<Opti
     tp.map(|t| Some(t.into_any())).ok_or(())
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Env {
+    Json,
+    Upload,
+    Logs,
+    Jsonl,     // the topic's envelope
+    AutoJsonl, // auto-detected: at least two non-blank lines
+}
+
+/// The logs envelope's merged dict (Python's _logs), or None (fallback) when Python rejects the record:
+/// headers' keys but app_id/log_name, updated with logs, then app_id from headers, then
+/// event_name = "t_" + log_name.
+fn logs_merged<'a>(obj: &mut Obj<'a>) -> Option<Members<'a>> {
+    let mut take = |key: &str| obj.iter_mut().find(|(k, _)| key_eq(k, key)).map(|(_, v)| std::mem::replace(v, J::Null));
+    let (Some(J::Obj(headers)), Some(J::Obj(logs))) = (take("headers"), take("logs")) else { return None };
+    let mut m = Vec::with_capacity(headers.len() + logs.len() + 1);
+    let mut index = None;
+    let mut tags = [0u64; HASH_AT];
+    let (mut app_id, mut log_name) = (None, None);
+    for (k, v) in headers {
+        match k.as_ref() {
+            "app_id" => app_id = Some(v),
+            "log_name" => log_name = Some(v),
+            _ => insert(&mut m, &mut index, &mut tags, k, v),
+        }
+    }
+    for (k, v) in logs {
+        insert(&mut m, &mut index, &mut tags, k, v);
+    }
+    if let Some(v) = app_id {
+        insert(&mut m, &mut index, &mut tags, Cow::Borrowed("app_id"), v);
+    }
+    let name = match log_name {
+        None | Some(J::Null) => None,
+        Some(J::Str(s)) if s.is_empty() => None,
+        Some(J::Str(s)) => Some(format!("t_{s}")),
+        Some(J::Int(x)) => Some(format!("t_{x}")), // "t_" + str(int)
+        Some(J::UInt(x)) => Some(format!("t_{x}")),
+        Some(_) => return None, // a float (Python's repr) or a rejected type
+    };
+    if let Some(name) = name {
+        insert(&mut m, &mut index, &mut tags, Cow::Borrowed("event_name"), J::Str(Cow::Owned(name)));
+    }
+    Some(m)
+}
+
+/// bytes.strip(): ASCII whitespace as bytes.isspace knows it (not str's \x1c-\x1f).
+fn strip_bytes(s: &[u8]) -> &[u8] {
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let a = s.iter().position(|c| !ws(c)).unwrap_or(s.len());
+    let b = s.iter().rposition(|c| !ws(c)).map_or(a, |p| p + 1);
+    &s[a..b]
+}
+
+/// JSON Lines (Python's _jsonl): one event per non-blank line, index = its line number. Some(()) with the
+/// events appended to `out`; None (fallback, `out` to be truncated by the caller) when a line is not one
+/// object Python would build the same way, when there are more than max_items lines (TOO_LARGE) or fewer
+/// non-blank lines than `min_lines` (auto-detection: 2). `first`: the line number and object of the first
+/// non-blank line, parsed already.
+#[allow(clippy::too_many_arguments)]
+fn jsonl<'py>(
+    py: Python<'py>,
+    cfg: &Cfg<'py>,
+    r: &Rec<'py>,
+    no_meta: &Meta<'_, '_, 'py>,
+    value: &[u8],
+    first: Option<(usize, Members<'_>)>,
+    min_lines: usize,
+    out: &mut Vec<Bound<'py, PyAny>>,
+    id_buf: &mut Vec<u8>,
+    keys: &mut Keys<'py>,
+) -> PyResult<Option<()>> {
+    let mut n = 0usize;
+    for (i, line) in value.split(|&c| c == b'\n').enumerate() {
+        let parsed;
+        let o: &Obj = match &first {
+            Some((at, o)) if *at == i => o,
+            _ => {
+                let line = strip_bytes(line);
+                if line.is_empty() {
+                    continue;
+                }
+                if line[0] != b'{' {
+                    return Ok(None);
+                }
+                let mut p = Parser { b: line, i: 0 };
+                let Some(J::Obj(o)) = p.object(1) else { return Ok(None) };
+                if p.i != line.len() {
+                    return Ok(None);
+                }
+                parsed = o;
+                &parsed
+            }
+        };
+        n += 1;
+        if n > cfg.max_items {
+            return Ok(None);
+        }
+        match build(py, cfg, r, no_meta, o, i, false, id_buf, keys)? {
+            Some(ev) => out.push(ev.into_any()),
+            None => return Ok(None),
+        }
+    }
+    Ok((n >= min_lines).then_some(()))
+}
+
 /// One record: Ok(Some(is_upload)) with its events appended to `out`, Ok(None) = fallback.
 #[allow(clippy::too_many_arguments)]
 fn record<'py>(
@@ -1077,30 +1184,55 @@ fn record<'py>(
     let env = env_obj.cast::<PyString>()?.to_str()?;
     let Ok(tp) = traceparent(py, &headers) else { return Ok(None) };
 
-    let mut p = Parser { b: value, i: 0 };
-    p.ws();
-    if p.b.get(p.i) != Some(&b'{') {
-        return Ok(None);
-    }
-    let Some(J::Obj(obj)) = p.object(1) else { return Ok(None) };
-    p.ws();
-    if p.i != value.len() {
-        return Ok(None);
-    }
-    let has = |k: &str| obj.iter().any(|(x, _)| key_eq(x, k));
-    let upload = match env {
-        "auto" => {
-            if has("data") && has("meta") {
-                true
-            } else if has("headers") && has("logs") {
-                return Ok(None); // logs envelope: Python
-            } else {
-                false
+    // The envelope, as Python's _record chooses it. Jsonl: the first line's object when auto-detection
+    // has parsed it already, with its line number.
+    let mut obj = Vec::new();
+    let mut first = None;
+    let kind = if env == "jsonl" {
+        Env::Jsonl
+    } else {
+        let mut p = Parser { b: value, i: 0 };
+        p.ws();
+        let start = p.i;
+        if p.b.get(p.i) != Some(&b'{') {
+            return Ok(None);
+        }
+        let Some(J::Obj(o)) = p.object(1) else { return Ok(None) };
+        let end = p.i;
+        p.ws();
+        if p.i != value.len() {
+            // Content after the object: orjson.loads(value) fails. Only auto-detection makes events of it,
+            // when the object is all of the first non-blank line (JSON whitespace around it on that line:
+            // what _looks_like_jsonl's orjson.loads(first) accepts, and the stripped line _jsonl parses).
+            if env != "auto" || value[start..end].contains(&b'\n') {
+                return Ok(None);
+            }
+            let rest = &value[end..];
+            let line_end = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+            if !rest[..line_end].iter().all(|c| matches!(c, b' ' | b'\t' | b'\r')) {
+                return Ok(None);
+            }
+            first = Some((value[..start].iter().filter(|&&c| c == b'\n').count(), o));
+            Env::AutoJsonl
+        } else {
+            obj = o;
+            let has = |k: &str| obj.iter().any(|(x, _)| key_eq(x, k));
+            match env {
+                "auto" => {
+                    if has("data") && has("meta") {
+                        Env::Upload
+                    } else if has("headers") && has("logs") {
+                        Env::Logs
+                    } else {
+                        Env::Json
+                    }
+                }
+                "upload" => Env::Upload,
+                "logs" => Env::Logs,
+                "json" => Env::Json,
+                _ => return Ok(None),
             }
         }
-        "upload" => true,
-        "json" => false,
-        _ => return Ok(None),
     };
 
     id_buf.clear();
@@ -1119,15 +1251,30 @@ fn record<'py>(
         default_time,
     };
     let start = out.len();
-    if !upload {
-        let no_meta = Meta { meta: &[], info: vec![], keys: vec![], vals: vec![], index: None };
-        return Ok(match build(py, cfg, &r, &no_meta, &obj, 0, id_buf, keys)? {
-            Some(ev) => {
-                out.push(ev.into_any());
-                Some(false)
+    let no_meta = Meta { meta: &[], info: vec![], keys: vec![], vals: vec![], index: None };
+    let one = |ev: Option<Bound<'py, PyDict>>, out: &mut Vec<Bound<'py, PyAny>>| {
+        ev.map(|ev| {
+            out.push(ev.into_any());
+            false
+        })
+    };
+    match kind {
+        Env::Json => return Ok(one(build(py, cfg, &r, &no_meta, &obj, 0, false, id_buf, keys)?, out)),
+        Env::Logs => {
+            r.envelope = intern!(py, "logs").clone().into_any();
+            let Some(merged) = logs_merged(&mut obj) else { return Ok(None) };
+            return Ok(one(build(py, cfg, &r, &no_meta, &merged, 0, true, id_buf, keys)?, out));
+        }
+        Env::Jsonl | Env::AutoJsonl => {
+            r.envelope = intern!(py, "jsonl").clone().into_any();
+            let min_lines = if kind == Env::AutoJsonl { 2 } else { 1 };
+            let done = jsonl(py, cfg, &r, &no_meta, value, first, min_lines, out, id_buf, keys)?;
+            if done.is_none() {
+                out.truncate(start);
             }
-            None => None,
-        });
+            return Ok(done.map(|()| false));
+        }
+        Env::Upload => {}
     }
 
     let meta: &Obj = match get(&obj, "meta") {
