@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     unpacker = Unpacker(validate_unpack_config(None))
     progress(f"unpack: {'native fast path (perf_native)' if unpacker.native else 'pure-Python path'}")
 
-    # The collector as the pipeline process sets it (pipeline.run.tune_gc: start-up objects and these
+    # The collector as the pipeline process sets it (pipeline.tuning.tune_gc: start-up objects and these
     # long-lived inputs frozen, young generation every 50k allocations); the same for every measured loop.
-    from pipeline.run import tune_gc
+    from pipeline.tuning import tune_gc
 
     tune_gc()
     # Kernel (in place), kernel (copies) and floor are interleaved chunk by chunk, the order rotating per
