@@ -252,17 +252,21 @@ def test_engines_identical_on_tricky_patterns(tricky_pairs, text):
         assert a[:2] == b[:2], (p, text, a, b)
 
 
-@pytest.fixture(scope="module", params=["all-fields", "some-restricted"])
-def tricky_together(request) -> tuple[Classifier, Classifier]:
-    # All tricky patterns competing in ONE database, with mixed priorities: checks the winner logic
-    # across hyperscan hits, prefilter confirmations, ascii-only rules and plain re rules; the second
-    # variant limits every third rule to the `stack` field (the general, field-aware path).
+def tricky_rules(restricted: bool) -> list[Rule]:
+    """All tricky patterns competing in ONE database, with mixed priorities: the winner logic across
+    hyperscan hits, prefilter confirmations, ascii-only rules and plain re rules. `restricted`: every third
+    rule only counts in the `stack` field (the general, field-aware path)."""
     raw = [{"id": f"r{i}", "category": f"C{i}", "pattern": p, "priority": (i * 7) % 5}
            for i, p in enumerate(TRICKY)]
-    if request.param == "some-restricted":
+    if restricted:
         for r in raw[::3]:
             r["fields"] = ["stack"]
-    return both(rules(*raw))
+    return rules(*raw)
+
+
+@pytest.fixture(scope="module", params=["all-fields", "some-restricted"])
+def tricky_together(request) -> tuple[Classifier, Classifier]:
+    return both(tricky_rules(request.param == "some-restricted"))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

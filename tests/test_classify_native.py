@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_classify import ALPHABET, DEFAULT_RULES, LOGHUB, TRICKY, WORDS, rules
+from tests.test_classify import ALPHABET, DEFAULT_RULES, LOGHUB, WORDS, tricky_rules
 from transforms.classify import Classifier
 from transforms.classify_rules import load_rules_file
 from transforms.classify_templates import read_labeled, rules_from_templates, set_name
@@ -108,13 +108,7 @@ def test_non_str_field_raises_the_python_error(default_pair):
 
 @pytest.fixture(scope="module", params=["all-fields", "some-restricted"])
 def tricky_native(request) -> tuple[Classifier, Classifier]:
-    # Every tricky pattern competing in one database: prefilter hits, ascii-only rules, `re`-only rules.
-    raw = [{"id": f"r{i}", "category": f"C{i}", "pattern": p, "priority": (i * 7) % 5}
-           for i, p in enumerate(TRICKY)]
-    if request.param == "some-restricted":
-        for r in raw[::3]:
-            r["fields"] = ["stack"]
-    nat, py = pair(rules(*raw))
+    nat, py = pair(tricky_rules(request.param == "some-restricted"))
     assert nat.fallback  # some rules run on `re` only
     return nat, py
 
