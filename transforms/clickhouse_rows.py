@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from transforms.native import native_available, perf_native
+
 _dumps = orjson.dumps
 _OPT = orjson.OPT_NON_STR_KEYS
 
@@ -58,6 +60,37 @@ def event_row(e: dict[str, Any]) -> tuple:
 
 def event_rows(events: list[dict[str, Any]] | tuple) -> tuple[list[tuple], Failed]:
     """A list of event dicts -> (rows, [(event, exception), ...] of events that do not convert).
+
+    With perf_native (native/src/rows.rs) the common events are converted natively; the events it hands
+    back go through _event_rows_py (the definition) in place, so rows and failures are the same either way.
+    """
+    if type(events) is not list or not _native_rows():
+        return _event_rows_py(events)
+    rows, back = perf_native.event_rows(events)
+    if not back:
+        return rows, []
+    out: list[tuple] = []
+    failed: Failed = []
+    done = 0  # native rows taken so far
+    prev = 0  # next event index not yet merged
+    for i in back:
+        n = i - prev
+        out += rows[done:done + n]
+        done += n
+        r, f = _event_rows_py((events[i],))
+        out += r
+        failed += f
+        prev = i + 1
+    out += rows[done:]
+    return out, failed
+
+
+def _native_rows() -> bool:
+    return native_available() and hasattr(perf_native, "event_rows")
+
+
+def _event_rows_py(events: list[dict[str, Any]] | tuple) -> tuple[list[tuple], Failed]:
+    """event_rows in Python: THE definition of the events row (the native path must give the same).
 
     The hot path of the sink: one loop over a pipeline element (a list of events), plain subscripts into ONE
     tuple display (no itemgetter or starred parts, which build a list first). A missing key or odd type

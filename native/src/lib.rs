@@ -6,6 +6,7 @@
 //! decides a rejection, so the Python code stays the one definition of the contract.
 
 mod hs;
+mod rows;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -1426,5 +1427,6 @@ fn unpack_records<'py>(
 fn perf_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unpack_records, m)?)?;
     hs::register(m)?;
+    rows::register(m)?;
     Ok(())
 }
