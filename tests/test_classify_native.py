@@ -124,3 +124,16 @@ ascii_texts = st.lists(st.sampled_from([a for a in ALPHABET if a.isascii()]) | s
 def test_tricky_rules_same_decisions(tricky_native, batch):
     nat, py = tricky_native
     check_same(nat, py, [{"fields": f} for f in batch])
+
+
+def test_classifier_used_from_another_thread(default_pair):
+    # Beam runs a DoFn's bundles one at a time, but on Prism not always on the thread that set it up.
+    import threading
+
+    nat, py = default_pair
+    events = [{"fields": {"message": "ANR in com.example.game"}}, {"fields": {"message": "fine"}}]
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(nat.classify_batch(events)))
+    t.start()
+    t.join()
+    assert got == [py.classify_batch(events)]

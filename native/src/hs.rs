@@ -71,10 +71,22 @@ unsafe extern "C" fn on_match(id: c_uint, _from: c_ulonglong, _to: c_ulonglong, 
 /// `fields` restriction of each rank: `None` = every field.
 type Allowed = Option<Vec<String>>;
 
-#[pyclass(unsendable)]
-pub struct HsClassifier {
+/// The compiled database and its scratch space.
+struct Hs {
     db: *mut HsDatabase,
     scratch: *mut HsScratch,
+}
+
+// SAFETY: the database is read-only once compiled (Hyperscan allows sharing it between threads); the scratch
+// is only used by `HsClassifier::scan`, through `&mut self`, which PyO3's borrow checking gives to one caller
+// at a time. Beam runs a DoFn's bundles one at a time but not always on the same thread (the SDK harness's
+// thread pool on Prism): an `unsendable` class panicked there when a bundle ran on another thread.
+unsafe impl Send for Hs {}
+unsafe impl Sync for Hs {}
+
+#[pyclass]
+pub struct HsClassifier {
+    hs: Hs,
     /// The "no match" rank.
     none: usize,
     /// Per rank: `search` of the rule's regex when a Hyperscan hit is only a prefilter hit.
@@ -98,8 +110,8 @@ impl Drop for HsClassifier {
     fn drop(&mut self) {
         // SAFETY: allocated by hs_alloc_scratch / hs_compile_multi, freed once
         unsafe {
-            hs_free_scratch(self.scratch);
-            hs_free_database(self.db);
+            hs_free_scratch(self.hs.scratch);
+            hs_free_database(self.hs.db);
         }
     }
 }
@@ -135,7 +147,7 @@ impl HsClassifier {
         self.hits.clear();
         // SAFETY: db and scratch are valid; data points at len bytes kept alive by the caller
         let rc = unsafe {
-            hs_scan(self.db, data.cast(), len as c_uint, 0, self.scratch, Some(on_match),
+            hs_scan(self.hs.db, data.cast(), len as c_uint, 0, self.hs.scratch, Some(on_match),
                     (&mut self.hits as *mut Vec<u32>).cast())
         };
         if rc != 0 {
@@ -298,8 +310,7 @@ impl HsClassifier {
         re_items.sort_by_key(|(k, _, _)| *k);
         let s = |t: &str| PyString::intern(py, t).into_any().unbind();
         Ok(HsClassifier {
-            db,
-            scratch,
+            hs: Hs { db, scratch },
             none,
             confirm,
             re_items,
