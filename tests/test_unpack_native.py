@@ -514,8 +514,7 @@ def test_jsonl_and_logs_run_natively():
 def _e2e_records(seed=5, messages=1500, topic=None):
     from pipeline.generate import LOGHUB, Generator
 
-    if not LOGHUB.is_dir():
-        pytest.skip(f"Loghub data missing: {LOGHUB}")
+    assert LOGHUB.is_dir(), f"Loghub data missing: {LOGHUB} (the generator's message bodies)"
     gen = Generator(seed=seed, now_ms=NOW)
     recs, dead = [], []
     for off, m in enumerate(gen.mix(messages)):
