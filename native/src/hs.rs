@@ -208,12 +208,12 @@ impl HsClassifier {
                 Field::Python => return Ok(None),
                 Field::Ascii(d, n) => (d, n),
             };
-            let name_s: String;
+            let name_str;
             let name_ref: &str = if self.restricted || !self.re_items.is_empty() {
                 match name.cast::<PyString>() {
                     Ok(s) => {
-                        name_s = s.to_str()?.to_owned();
-                        &name_s
+                        name_str = s;
+                        name_str.to_str()?
                     }
                     Err(_) => return Ok(None),
                 }

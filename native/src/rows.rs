@@ -110,21 +110,10 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 fn put_int(out: &mut Vec<u8>, v: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut u = v.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (u % 10) as u8;
-        u /= 10;
-        if u == 0 {
-            break;
-        }
-    }
     if v < 0 {
         out.push(b'-');
     }
-    out.extend_from_slice(&buf[i..]);
+    super::push_int(out, v.unsigned_abs());
 }
 
 /// `o` as orjson.dumps writes it, for exact str / int (i64) / bool / None / dict (exact str keys) / list.
