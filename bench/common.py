@@ -58,6 +58,60 @@ def proc_cpu_s(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP `port`, from /proc (no ss/lsof needed), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(proc.name)
+        except OSError:  # gone, or not ours to look at
+            continue
+    return None
+
+
+class ServerCpu:
+    """CPU seconds the servers on `ports` (broker, ClickHouse) spend while the block runs: they share the
+    machine's cores with the engine under test, so their cost belongs in the comparison too."""
+
+    def __init__(self, ports: dict[str, int]) -> None:
+        self._pids = {name: listener_pid(port) for name, port in ports.items()}
+        self.cpu_s: dict[str, float | None] = {}
+
+    def _now(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name, pid in self._pids.items():
+            try:
+                out[name] = proc_cpu_s(pid) if pid else None
+            except OSError:
+                out[name] = None
+        return out
+
+    def __enter__(self) -> ServerCpu:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._now()
+        for name, t0 in self._start.items():
+            t1 = end[name]
+            self.cpu_s[name] = round(t1 - t0, 2) if t0 is not None and t1 is not None else None
+
+
 @dataclass
 class ChildResult:
     rc: int

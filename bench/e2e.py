@@ -19,8 +19,9 @@ the bench checks that each engine's output record count equals the input event c
 Figures per engine: events/s from process start to exit (wall), events/s from the moment data flows to
 exit (excluding start-up: the peers report when they consumed their first record; ours logs "bounded read
 of" when its reader starts), and events per CPU-second of the process and its children (os.wait4 rusage;
-the broker's CPU is not counted). `first_output_s`: when the first output record showed up on the
-engine's topics. Engines run one after another.
+the broker's and the ClickHouse server's CPU during the engine's run are reported beside it as
+`server_cpu_s`; ours inserts into a freshly dropped ClickHouse database each run). `first_output_s`: when
+the first output record showed up on the engine's topics. Engines run one after another.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from bench.common import (
     BENCH_DIR,
     BOOTSTRAP,
     ROOT,
+    ServerCpu,
     create_topics,
     delete_topics,
     kafka_check,
@@ -281,6 +283,22 @@ def _log_time(log: str, marker: str) -> float | None:
     return None
 
 
+def server_cpu() -> ServerCpu:
+    """Broker and ClickHouse server CPU during one engine's run (chdb runs inside ours' process)."""
+    return ServerCpu({"broker": int(BOOTSTRAP.rsplit(":", 1)[1]), "clickhouse_server": 9000})
+
+
+def fresh_clickhouse(url: str) -> None:
+    """Each run inserts into an empty database: rows left by earlier runs make the server merge them
+    (CPU taken from the engines under test) and the count query scan them."""
+    if url.startswith("clickhouse://"):
+        from clickhouse_driver import Client
+
+        Client("127.0.0.1", port=9000).execute(f"DROP DATABASE IF EXISTS {CH_DATABASE}")
+    else:
+        shutil.rmtree(url.removeprefix("chdb://"), ignore_errors=True)
+
+
 def clickhouse_url() -> str:
     """The ClickHouse server if it answers on 127.0.0.1:9000 (no chdb path lock shared with others)."""
     try:
@@ -326,7 +344,8 @@ def run_ours(work: Path, topic: str, prefix: str, rules_yaml: Path, events: int,
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
     cmd = [sys.executable, *prof, "-m", "pipeline", f"--config={cfg_path}", "--stop_at_end",
            f"--group_id={prefix}group", "--start_from=earliest", *(extra_args or [])]
-    with OutputWatch(out_topics) as watch:
+    fresh_clickhouse(ch_url)
+    with OutputWatch(out_topics) as watch, server_cpu() as servers:
         t0, wall0 = time.monotonic(), time.time()
         res = run_child(cmd, "e2e.ours", timeout)
     ch_rows = clickhouse_events(ch_url, topic)
@@ -338,7 +357,7 @@ def run_ours(work: Path, topic: str, prefix: str, rules_yaml: Path, events: int,
         watch.first_at = t0 + (read_at - wall0)
     return engine_result("ours", res, t0, watch, events, expected, out_topics, None, {
         "runner": _runner_text(res.stderr), "args": extra_args or [], "clickhouse": ch_url.split("@")[-1],
-        "clickhouse_events_rows": ch_rows})
+        "clickhouse_events_rows": ch_rows, "server_cpu_s": servers.cpu_s})
 
 
 def _runner_text(stderr: str) -> str:
@@ -361,9 +380,10 @@ def run_peer(name: str, work: Path, topic: str, prefix: str, rules_json: Path, e
     else:
         cmd = [str(setup_go(name)), "-brokers", BOOTSTRAP, *[a.replace("--", "-", 1) for a in common]]
         extra = {"runtime": f"Go, GOMAXPROCS={os.cpu_count()}"}
-    with OutputWatch(out_topics) as watch:
+    with OutputWatch(out_topics) as watch, server_cpu() as servers:
         t0 = time.monotonic()
         res = run_child(cmd, f"e2e.{name}", timeout)
+    extra["server_cpu_s"] = servers.cpu_s
     report = _last_json(res.stdout)
     if report and report.get("startup_s") is not None:
         # the peer's own mark (first input record consumed): outputs may show up only at its end

@@ -275,7 +275,12 @@ def run_pipeline(argv: list[str]) -> int:
     workers = PipelineOptions(argv).view_as(DirectOptions).direct_num_workers
     if runner == "FnApiRunner" and workers not in (0, 1):
         # Measured here: 2 workers (multi_processing) wrote 228,753 of 300,000 records read by our Kafka SDF,
-        # rc 0. FnApiRunner does not merge SDF residuals across workers (apache/beam#19842, open).
+        # rc 0. FnApiRunner does not merge SDF residuals across workers (apache/beam#19842, open): Beam
+        # 2.77's ParallelBundleManager merges the workers' responses keeping only metrics and errors, so
+        # the residual of every self-checkpoint is lost. Reading each partition in one bundle instead
+        # (no checkpoints) wrote all 300,004 records, but on this 2-core machine used 1.7x the CPU and
+        # took longer than one worker (16.2 s vs 12.9 s wall, 2026-11-22), and chdb cannot be opened by
+        # two worker processes: not worth a second code path.
         print(
             "error: --direct_num_workers > 1 with FnApiRunner loses records of splittable reads "
             "(apache/beam#19842); run with one worker, or unbounded on Prism",
