@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,6 +189,16 @@ def load(path: str) -> OpsConfig:
                      dlq, clickhouse)
 
 
+def load_for(args: argparse.Namespace) -> OpsConfig:
+    """The config of --config, with --bootstrap (when given) as both clients' bootstrap.servers."""
+    cfg = load(args.config)
+    bootstrap = getattr(args, "bootstrap", None)
+    if not bootstrap:
+        return cfg
+    return replace(cfg, consumer={**cfg.consumer, "bootstrap.servers": bootstrap},
+                   producer={**cfg.producer, "bootstrap.servers": bootstrap})
+
+
 def list_topics(consumer: Any, bootstrap: str) -> dict[str, Any]:
     """Topic metadata; Unreachable if the cluster does not answer within TIMEOUT_S."""
     from confluent_kafka import KafkaException
@@ -343,7 +353,7 @@ def lag_report(cfg: Any, group: str | None = None, topics: list[str] | None = No
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    cfg = load(args.config)
+    cfg = load_for(args)
     topics = [t for t in args.topics.split(",") if t] if args.topics else None
     doc = lag_report(cfg, args.group, topics, args.topic_pattern)
     if args.json:
@@ -478,7 +488,7 @@ def read_unreviewed(consumer: Any, state: DlqState, *, per_partition_limit: int 
 def _open_dlq(args: argparse.Namespace) -> tuple[Any, Any, DlqState, dict[str, Any]]:
     from confluent_kafka import Consumer
 
-    cfg = load(args.config)
+    cfg = load_for(args)
     topic = args.dlq_topic or cfg.dlq_topic
     settings = consumer_settings(cfg, reviewed_group(topic))
     consumer = Consumer(settings)
@@ -716,7 +726,14 @@ def cmd_clear(args: argparse.Namespace) -> int:
 # --- argparse ---------------------------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"pipeline YAML (default {DEFAULT_CONFIG})")
+    add_bootstrap(p)
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def add_bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", metavar="HOST:PORT[,...]",
+                   help="Kafka bootstrap servers (default: kafka.consumer/producer bootstrap.servers of the "
+                        "config; its other client settings, e.g. SASL, still apply)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -25,9 +25,10 @@ from pipeline.cli_ops import (
     DEFAULT_CONFIG,
     EXIT_UNREACHABLE,
     Unreachable,
+    add_bootstrap,
     iso_ms,
     lag_report,
-    load,
+    load_for,
     parse_time,
 )
 from transforms.common import ConfigError
@@ -286,7 +287,7 @@ window_aggregates)</span></h2>
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = load(args.config)
+    cfg = load_for(args)
     import logging
 
     from transforms.clickhouse_client import connect
@@ -354,6 +355,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="only data from T on (ISO-8601, naive = UTC, or epoch ms)")
     p.add_argument("--url", help="ClickHouse URL (default: sinks.clickhouse.url of the config)")
     p.add_argument("--group", help="consumer group for the lag chart (default: the config's group.id)")
+    add_bootstrap(p)
     p.add_argument("--no-lag", "--no_lag", dest="no_lag", action="store_true",
                    help="skip the Kafka lag section")
     p.add_argument("--json", action="store_true", help="print the report's data as one JSON document")

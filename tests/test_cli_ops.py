@@ -85,6 +85,11 @@ def test_lag_per_partition_with_totals(kafka, topic_prefix, tmp_path):
     assert [a, "0", "0", "7", "3", "4"] in rows
     assert ["TOTAL", "", "", "", "", "9"] in rows
 
+    # --bootstrap overrides the config's servers: a config pointing nowhere still reports this broker.
+    nowhere = _config(tmp_path, group=group, topics=[a, b], dlq_topic=f"{topic_prefix}.dlq",
+                      bootstrap="127.0.0.1:1")
+    assert cli_json("lag", "--config", nowhere, "--bootstrap", BOOTSTRAP)["total_lag"] == 9
+
 
 def test_lag_unreachable_is_one_line_exit_2(tmp_path):
     cfg = _config(tmp_path, group="g", topics=["t"], dlq_topic="d", bootstrap="127.0.0.1:1")
@@ -96,6 +101,10 @@ def test_lag_unreachable_is_one_line_exit_2(tmp_path):
     assert time.monotonic() - t0 < 40
     proc = cli("dlq", "count", "--config", cfg, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    # and a good config with --bootstrap pointing nowhere names the flag's address
+    good = _config(tmp_path, group="g", topics=["t"], dlq_topic="d")
+    proc = cli("dlq", "count", "--config", good, "--bootstrap", "127.0.0.1:1", timeout=60)
+    assert proc.returncode == 2 and "127.0.0.1:1" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 @pytest.fixture()
