@@ -6,6 +6,7 @@
 //! decides a rejection, so the Python code stays the one definition of the contract.
 
 mod hs;
+mod route;
 mod rows;
 
 use std::borrow::Cow;
@@ -1428,5 +1429,6 @@ fn perf_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unpack_records, m)?)?;
     hs::register(m)?;
     rows::register(m)?;
+    route::register(m)?;
     Ok(())
 }

@@ -16,7 +16,7 @@ const MAX_DEPTH: u32 = 16;
 const NCOLS: usize = 21;
 
 /// Why an event is not converted here: hand it back to Python, or a real error (memory).
-enum Back {
+pub(crate) enum Back {
     Hand,
     Err(PyErr),
 }
@@ -27,10 +27,10 @@ impl From<PyErr> for Back {
     }
 }
 
-type R<T> = Result<T, Back>;
+pub(crate) type R<T> = Result<T, Back>;
 
 /// `d.get(k)` (None when missing); a lookup error hands the event back.
-fn opt<'py>(d: &Bound<'py, PyDict>, k: &Bound<'py, PyString>) -> R<Option<Bound<'py, PyAny>>> {
+pub(crate) fn opt<'py>(d: &Bound<'py, PyDict>, k: &Bound<'py, PyString>) -> R<Option<Bound<'py, PyAny>>> {
     // SAFETY: valid dict and key; the borrowed result is made a new reference at once
     unsafe {
         let p = ffi::PyDict_GetItemWithError(d.as_ptr(), k.as_ptr());
@@ -45,7 +45,7 @@ fn opt<'py>(d: &Bound<'py, PyDict>, k: &Bound<'py, PyString>) -> R<Option<Bound<
     }
 }
 
-fn exact_dict<'py>(o: Bound<'py, PyAny>) -> R<Bound<'py, PyDict>> {
+pub(crate) fn exact_dict<'py>(o: Bound<'py, PyAny>) -> R<Bound<'py, PyDict>> {
     // SAFETY: type check of a valid object
     if unsafe { ffi::PyDict_CheckExact(o.as_ptr()) } != 0 {
         // SAFETY: checked just above
@@ -58,7 +58,7 @@ fn exact_dict<'py>(o: Bound<'py, PyAny>) -> R<Bound<'py, PyDict>> {
 /// UTF-8 of an exact str; a str that is not valid UTF-8 (lone surrogates) hands the event back.
 ///
 /// SAFETY: `o` is a valid exact str that outlives the returned slice (the UTF-8 is cached in it).
-unsafe fn utf8<'a>(o: *mut ffi::PyObject) -> R<&'a [u8]> {
+pub(crate) unsafe fn utf8<'a>(o: *mut ffi::PyObject) -> R<&'a [u8]> {
     if ffi::PyUnicode_IS_COMPACT_ASCII(o) != 0 {
         let n = ffi::PyUnicode_GET_LENGTH(o) as usize;
         return Ok(std::slice::from_raw_parts(ffi::PyUnicode_1BYTE_DATA(o), n));
