@@ -876,9 +876,10 @@ class _WriteFn(beam.DoFn):
         # A refused login raises KafkaWriteError from the next poll/flush instead of waiting out the
         # retry budget (records to a broker that refuses us time out as if it were down).
         # Delivery reports only for failures: finish_bundle needs nothing else, and a Python callback per
-        # acknowledged record was ~1 µs of the hot path.
+        # acknowledged record was ~1 µs of the hot path. The callback is the producer's default rather
+        # than an on_delivery argument per produce() call, which cost ~0.4 µs per record (measured).
         self._producer = Producer({**cfg, "error_cb": auth_error_cb(cfg, KafkaWriteError),
-                                   "delivery.report.only.error": True})
+                                   "on_delivery": self._on_delivery, "delivery.report.only.error": True})
         self._failures: list[tuple[Any, Any]] = []
 
     def start_bundle(self) -> None:
@@ -892,7 +893,7 @@ class _WriteFn(beam.DoFn):
     def _produce(self, topic, value, key, headers) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, headers=headers)
                 return
             except BufferError:
                 # Local queue full: wait for deliveries instead of growing memory (backpressure).
@@ -900,12 +901,24 @@ class _WriteFn(beam.DoFn):
                 self._producer.poll(0.05)
 
     def process(self, msg: KafkaMessage | list[KafkaMessage]) -> None:
-        produce = self._produce
-        for m in msg if type(msg) is list else (msg,):
-            produce(m.topic, m.value, m.key, list(m.headers) or None)
-            self._pending += 1
-            if self._pending % self.POLL_EVERY == 0:
-                self._producer.poll(0)
+        msgs = msg if type(msg) is list else (msg,)
+        produce = self._producer.produce
+        i = 0
+        try:
+            # the common case, one call per record; the queue filling up ends it (below)
+            for topic, key, value, headers in msgs:
+                if headers:
+                    produce(topic, value, key, headers=list(headers))
+                else:
+                    produce(topic, value, key)
+                i += 1
+        except BufferError:
+            for topic, key, value, headers in msgs[i:]:
+                self._produce(topic, value, key, list(headers) or None)
+        before = self._pending
+        self._pending += len(msgs)
+        if self._pending // self.POLL_EVERY != before // self.POLL_EVERY:
+            self._producer.poll(0)  # serve delivery reports (failures) as they come
 
     def finish_bundle(self) -> None:
         """Waits until every record is acknowledged. Transient failures (broker down or restarting,
