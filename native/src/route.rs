@@ -2,10 +2,9 @@
 //!
 //! For each common event: the category's topic from the caller's cache, key = app_id's UTF-8, value =
 //! `orjson.dumps(event)` (called from here: orjson's writer is faster than any we would write), and a
-//! child `traceparent` header when the event carries a plain 55-character W3C traceparent. Anything
-//! else (a category not in the cache yet, a traceparent with a suffix or invalid, odd types, an event
-//! orjson rejects, ...) is handed back by index and route.py builds that message: the Python code stays
-//! the one definition.
+//! child `traceparent` header when the event carries a valid version-00 W3C traceparent. Anything else
+//! (a category not in the cache yet, another traceparent form, odd types, an event orjson rejects, ...)
+//! is handed back by index and route.py builds that message: the Python code stays the one definition.
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
@@ -34,37 +33,24 @@ fn span_id() -> u64 {
     })
 }
 
-fn lower_hex(b: &[u8]) -> bool {
-    b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-}
-
-/// The child of a plain `vv-<32 hex>-<16 hex>-ff` traceparent (transforms/tracing.py's rules); anything
-/// else, including surrounding whitespace, a suffix and the parents Python rejects, goes back to Python.
+/// The child of a valid `00-<32 hex>-<16 hex>-<2 hex>` traceparent (the only form unpack lets through:
+/// lib.rs's valid_traceparent); anything else, including surrounding whitespace and other versions, goes
+/// back to transforms/tracing.py.
 fn child_traceparent(p: &[u8]) -> R<[u8; 55]> {
-    if p.len() != 55 || p[2] != b'-' || p[35] != b'-' || p[52] != b'-' {
-        return Err(Back::Hand);
-    }
-    let (version, trace_id, span, flags) = (&p[0..2], &p[3..35], &p[36..52], &p[53..55]);
-    if !(lower_hex(version) && lower_hex(trace_id) && lower_hex(span) && lower_hex(flags))
-        || version == b"ff"
-        || trace_id.iter().all(|&c| c == b'0')
-        || span.iter().all(|&c| c == b'0')
-    {
+    if !crate::valid_traceparent(p) {
         return Err(Back::Hand);
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 55];
-    out[..3].copy_from_slice(b"00-");
-    out[3..35].copy_from_slice(trace_id);
-    out[35] = b'-';
+    // the parent's version and trace id, a new span id, and of its flags only the sampled bit (the low
+    // bit of the last hex digit)
+    let mut out: [u8; 55] = p.try_into().map_err(|_| Back::Hand)?;
     let id = span_id();
     for (i, o) in out[36..52].iter_mut().enumerate() {
         *o = HEX[((id >> (60 - 4 * i)) & 15) as usize];
     }
-    out[52..55].copy_from_slice(b"-00");
-    // the sampled bit: the low bit of the last hex digit
-    let last = flags[1];
+    let last = out[54];
     let digit = if last.is_ascii_digit() { last - b'0' } else { last - b'a' + 10 };
+    out[53] = b'0';
     out[54] = b'0' + (digit & 1);
     Ok(out)
 }
